@@ -1,0 +1,357 @@
+"""Typed configuration: defaults < conf files < ``--set key=value`` overrides.
+
+Every section is a dataclass, so a key that does not exist or a value of the
+wrong type fails at start with a message naming the key and the file it came
+from. Values from ``--set`` are parsed as YAML scalars (never ``eval``).
+The resolved config is written beside each job's output (``to_dict``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CANONICAL_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+
+
+class ConfigError(ValueError):
+    """A config file or override is malformed; the message names the key."""
+
+
+@dataclass
+class SparkConf:
+    app_name: str = "recsys-spark"
+    # Used only when spark-submit did not give a master (tests, plain python).
+    master: str = "local[2]"
+    # 2 cores here: a few partitions per core keeps tasks short without
+    # drowning small data in scheduling overhead.
+    shuffle_partitions: int = 4
+    driver_memory: str = "2g"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class ClusterConf:
+    """The local standalone cluster started by scripts/cluster.sh."""
+
+    host: str = "127.0.0.1"  # loopback only: nothing outside this machine reaches it
+    master_port: int = 7077
+    master_webui_port: int = 8080
+    worker_webui_port: int = 8081
+    worker_cores: int = 2
+    worker_memory: str = "6g"
+    executor_memory: str = "2g"
+    run_dir: str = "run/cluster"  # pid files, logs, the auth secret (0600)
+
+
+@dataclass
+class ColumnMap:
+    """Source column name for each canonical event field (None: absent)."""
+
+    user_id: str = "user_id"
+    item_id: str = "item_id"
+    event_type: str | None = "event_type"
+    timestamp: str = "timestamp"
+    event_id: str | None = None
+    value: str | None = None
+    session_id: str | None = None
+
+
+@dataclass
+class SourceConf:
+    path: str = ""
+    format: str = "json"  # json | csv | parquet
+    csv_header: bool = True
+    csv_delimiter: str = ","
+    columns: ColumnMap = field(default_factory=ColumnMap)
+    timestamp_format: str = "iso8601"  # iso8601 | epoch_s | epoch_ms
+    # For sources without an event type column (MovieLens rows are ratings).
+    fixed_event_type: str | None = None
+
+
+@dataclass
+class ItemMetadataConf:
+    path: str | None = None
+    format: str = "csv"
+    csv_header: bool = True
+    csv_delimiter: str = ","
+    item_id: str = "item_id"
+    title: str | None = "title"
+    year: str | None = "year"
+    genres: str | None = "genres"
+    genres_delimiter: str = "|"
+
+
+@dataclass
+class DatasetConf:
+    name: str = "synthetic"
+    source: SourceConf = field(default_factory=SourceConf)
+    items: ItemMetadataConf = field(default_factory=ItemMetadataConf)
+
+
+@dataclass
+class SyntheticConf:
+    seed: int = 42
+    num_users: int = 20_000
+    num_items: int = 5_000
+    num_events: int = 1_000_000
+    days: int = 60
+    start_date: str = "2026-01-01"
+    # Number of latent taste clusters: what a recommender can learn.
+    num_clusters: int = 20
+    # Probability that an event follows the user's taste rather than global popularity.
+    taste_strength: float = 0.8
+    popularity_exponent: float = 1.1
+    activity_exponent: float = 1.3
+    dirty_share: float = 0.02
+    bot_users: int = 3
+    bot_events_each: int = 600
+    partitions: int = 8
+    gzip: bool = False
+    output: str = "data/synthetic/events"
+
+
+@dataclass
+class BotRule:
+    # A user with more events than this inside any single minute is a bot.
+    max_events_per_minute: int = 120
+
+
+@dataclass
+class CleanConf:
+    event_types: list[str] = field(default_factory=lambda: list(CANONICAL_EVENT_TYPES))
+    min_timestamp: str = "1995-01-01T00:00:00"
+    # Events more than this far past the run's reference time are quarantined.
+    max_future_hours: int = 24
+    rating_min: float = 0.0
+    rating_max: float = 5.0
+    bot: BotRule = field(default_factory=BotRule)
+
+
+@dataclass
+class TablesConf:
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0}
+    )
+    # Rating events contribute their value (the latest one) instead of a fixed weight.
+    rating_value_as_weight: bool = True
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+
+
+@dataclass
+class Config:
+    warehouse: str = "warehouse"
+    run_date: str | None = None  # YYYY-MM-DD; None means today (UTC)
+    spark: SparkConf = field(default_factory=SparkConf)
+    cluster: ClusterConf = field(default_factory=ClusterConf)
+    dataset: DatasetConf = field(default_factory=DatasetConf)
+    synthetic: SyntheticConf = field(default_factory=SyntheticConf)
+    clean: CleanConf = field(default_factory=CleanConf)
+    tables: TablesConf = field(default_factory=TablesConf)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: key '{key}' must be a mapping, got {type(value).__name__}")
+        return _build(tp, value, key, origin)
+    args = typing.get_args(tp)
+    org = typing.get_origin(tp)
+    if org in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _coerce(value, non_none[0], key, origin)
+    if org is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{origin}: key '{key}' must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if org is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{origin}: key '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if tp in (int, float, bool, str):
+        if type(value) is not tp:
+            raise ConfigError(
+                f"{origin}: key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+            )
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str, origin: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{origin}: unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(names))})"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        kwargs[name] = _coerce(value, hints[name], key, origin)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("event_weights",):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+class _TextDateLoader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as text: config dates are strings."""
+
+
+_TextDateLoader.add_constructor("tag:yaml.org,2002:timestamp", _TextDateLoader.construct_yaml_str)
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as fh:
+            data = yaml.load(fh, Loader=_TextDateLoader) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set '{item}': expected key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except (yaml.YAMLError, ValueError):  # e.g. a date-like string that is no date
+        value = raw
+    if hasattr(value, "isoformat"):  # YAML turns 2026-01-01 into a date; keep text
+        value = raw
+    return key.strip().split("."), value
+
+
+def resolve_dataset_path(name_or_path: str) -> Path:
+    """``synthetic`` -> conf/datasets/synthetic.yaml; a path is taken as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml"):
+        return p
+    return CONF_DIR / "datasets" / f"{name_or_path}.yaml"
+
+
+def load_config(
+    files: list[str | Path] | None = None,
+    dataset: str | None = None,
+    overrides: list[str] | None = None,
+) -> Config:
+    """Load ``conf/base.yaml``, then ``files``, then the dataset file, then overrides.
+
+    A dataset file holds the ``dataset:`` section and may override any other
+    section (sizes, weights) for that dataset.
+    """
+    layers: list[tuple[str, dict[str, Any]]] = []
+    base = CONF_DIR / "base.yaml"
+    if base.exists():
+        layers.append((str(base), _read_yaml(base)))
+    for f in files or []:
+        layers.append((str(f), _read_yaml(Path(f))))
+    if dataset:
+        path = resolve_dataset_path(dataset)
+        layers.append((str(path), _read_yaml(path)))
+    merged: dict[str, Any] = {}
+    for origin, data in layers:
+        # Validate each layer on its own so that errors name the right file.
+        _build(Config, _merge(merged, data), "", origin)
+        merged = _merge(merged, data)
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        layer: dict[str, Any] = {}
+        cursor = layer
+        for k in keys[:-1]:
+            cursor = cursor.setdefault(k, {})
+        cursor[keys[-1]] = value
+        _build(Config, _merge(merged, layer), "", f"--set {item}")
+        merged = _merge(merged, layer)
+    cfg = _build(Config, merged, "", "config")
+    _check_values(cfg)
+    return cfg
+
+
+def _check_values(cfg: Config) -> None:
+    src = cfg.dataset.source
+    if src.format not in ("json", "csv", "parquet"):
+        raise ConfigError(f"dataset.source.format must be json, csv or parquet, got '{src.format}'")
+    if src.timestamp_format not in ("iso8601", "epoch_s", "epoch_ms"):
+        raise ConfigError(
+            f"dataset.source.timestamp_format must be iso8601, epoch_s or epoch_ms, got '{src.timestamp_format}'"
+        )
+    if src.columns.event_type is None and src.fixed_event_type is None:
+        raise ConfigError("dataset.source: set columns.event_type or fixed_event_type")
+    if src.fixed_event_type is not None and src.fixed_event_type not in cfg.clean.event_types:
+        raise ConfigError(
+            f"dataset.source.fixed_event_type '{src.fixed_event_type}' is not in clean.event_types"
+        )
+    missing = [t for t in cfg.clean.event_types if t not in cfg.tables.event_weights]
+    if missing:
+        raise ConfigError(f"tables.event_weights: no weight for event type '{missing[0]}'")
+    if not 0.0 <= cfg.synthetic.dirty_share < 1.0:
+        raise ConfigError("synthetic.dirty_share must be in [0, 1)")
+    if cfg.run_date is not None:
+        import datetime as _dt
+
+        try:
+            _dt.date.fromisoformat(cfg.run_date)
+        except ValueError:
+            raise ConfigError(f"run_date must be YYYY-MM-DD, got '{cfg.run_date}'") from None
+
+
+def run_date(cfg: Config) -> str:
+    import datetime as _dt
+
+    return cfg.run_date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+
+
+def add_config_args(parser) -> None:
+    """The config flags every job shares."""
+    parser.add_argument("--dataset", default="synthetic", help="dataset name under conf/datasets or a YAML path")
+    parser.add_argument("--conf", action="append", default=[], help="extra YAML file (repeatable)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value override")
+    parser.add_argument("--warehouse", default=None, help="warehouse root (overrides config)")
+
+
+def config_from_args(args) -> Config:
+    overrides = list(args.overrides)
+    if getattr(args, "warehouse", None):
+        overrides.append(f"warehouse={args.warehouse}")
+    return load_config(files=args.conf, dataset=args.dataset, overrides=overrides)

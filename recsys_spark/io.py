@@ -1,0 +1,182 @@
+"""The only module that knows warehouse paths.
+
+Tables are written by casting to their schema from :mod:`recsys_spark.schemas`
+into a staging directory that is then renamed into place, so a reader never
+sees half a table; reads check the schema and fail naming the table and column.
+Paths go through Hadoop's FileSystem API so that the same code works on a
+local disk, HDFS or an object store.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark.schemas import Table, get_table
+
+
+class SchemaMismatch(ValueError):
+    """A table on disk or a DataFrame does not have the declared schema."""
+
+
+def table_path(warehouse: str, table: Table | str) -> str:
+    t = get_table(table) if isinstance(table, str) else table
+    return f"{warehouse.rstrip('/')}/{t.path}"
+
+
+# --------------------------------------------------------------------------- filesystem
+
+
+def _fs(spark: SparkSession, path: str):
+    jvm = spark.sparkContext._jvm
+    jpath = jvm.org.apache.hadoop.fs.Path(path)
+    return jpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), jpath
+
+
+def path_exists(spark: SparkSession, path: str) -> bool:
+    fs, p = _fs(spark, path)
+    return fs.exists(p)
+
+
+def delete_path(spark: SparkSession, path: str) -> None:
+    fs, p = _fs(spark, path)
+    if fs.exists(p):
+        fs.delete(p, True)
+
+
+def rename_path(spark: SparkSession, src: str, dst: str) -> None:
+    fs, s = _fs(spark, src)
+    _, d = _fs(spark, dst)
+    parent = d.getParent()
+    if parent is not None and not fs.exists(parent):
+        fs.mkdirs(parent)
+    if not fs.rename(s, d):
+        raise OSError(f"could not rename {src} -> {dst}")
+
+
+def list_dir(spark: SparkSession, path: str) -> list[str]:
+    fs, p = _fs(spark, path)
+    if not fs.exists(p):
+        return []
+    return sorted(st.getPath().getName() for st in fs.listStatus(p))
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    fs, p = _fs(spark, path)
+    out = fs.create(p, True)
+    try:
+        out.write(bytearray(text.encode("utf-8")))
+    finally:
+        out.close()
+
+
+def read_text(spark: SparkSession, path: str) -> str:
+    fs, p = _fs(spark, path)
+    stream = fs.open(p)
+    try:
+        reader = spark.sparkContext._jvm.java.io.BufferedReader(
+            spark.sparkContext._jvm.java.io.InputStreamReader(stream, "UTF-8")
+        )
+        lines = []
+        line = reader.readLine()
+        while line is not None:
+            lines.append(line)
+            line = reader.readLine()
+        return "\n".join(lines)
+    finally:
+        stream.close()
+
+
+def write_json(spark: SparkSession, path: str, obj: Any) -> None:
+    write_text(spark, path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def read_json(spark: SparkSession, path: str) -> Any:
+    return json.loads(read_text(spark, path))
+
+
+def publish_directory(spark: SparkSession, staging: str, final: str) -> None:
+    """Move a finished staging directory into place, replacing what was there.
+
+    The old version is first renamed aside and deleted only after the new one
+    is in place, so a failure leaves either the old or the new table, never a mix.
+    """
+    trash = f"{final.rstrip('/')}._old-{uuid.uuid4().hex[:8]}"
+    had_old = path_exists(spark, final)
+    if had_old:
+        rename_path(spark, final, trash)
+    try:
+        rename_path(spark, staging, final)
+    except Exception:
+        if had_old:
+            rename_path(spark, trash, final)
+        raise
+    if had_old:
+        delete_path(spark, trash)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def conform(df: DataFrame, table: Table) -> DataFrame:
+    """Select and cast ``df`` to ``table``'s schema; a missing column is an error."""
+    missing = [f.name for f in table.schema.fields if f.name not in df.columns]
+    if missing:
+        raise SchemaMismatch(
+            f"table '{table.name}': DataFrame lacks column(s) {missing}; has {df.columns}"
+        )
+    return df.select([F.col(f.name).cast(f.dataType).alias(f.name) for f in table.schema.fields])
+
+
+def check_schema(df: DataFrame, table: Table, where: str) -> None:
+    have = {f.name: f.dataType for f in df.schema.fields}
+    for f in table.schema.fields:
+        if f.name not in have:
+            raise SchemaMismatch(f"{where}: table '{table.name}' lacks column '{f.name}'")
+        # Partition column types are inferred from directory names; conform() casts them.
+        if f.name not in table.partition_by and have[f.name] != f.dataType:
+            raise SchemaMismatch(
+                f"{where}: table '{table.name}' column '{f.name}' is {have[f.name].simpleString()}, "
+                f"expected {f.dataType.simpleString()}"
+            )
+
+
+def write_table(
+    df: DataFrame,
+    warehouse: str,
+    table: Table | str,
+    *,
+    path: str | None = None,
+) -> str:
+    """Write ``df`` as ``table`` (cast to its schema), atomically replacing the old one.
+
+    Returns the final path. ``path`` overrides the table's default location
+    (run-dated outputs).
+    """
+    t = get_table(table) if isinstance(table, str) else table
+    spark = df.sparkSession
+    final = path or table_path(warehouse, t)
+    staging = f"{final.rstrip('/')}._staging-{uuid.uuid4().hex[:8]}"
+    writer = conform(df, t).write.mode("overwrite")
+    if t.partition_by:
+        writer = writer.partitionBy(*t.partition_by)
+    writer.parquet(staging)
+    publish_directory(spark, staging, final)
+    return final
+
+
+def read_table(
+    spark: SparkSession, warehouse: str, table: Table | str, *, path: str | None = None
+) -> DataFrame:
+    """Read a table with its declared schema, failing clearly when it is missing or differs."""
+    t = get_table(table) if isinstance(table, str) else table
+    where = path or table_path(warehouse, t)
+    if not path_exists(spark, where):
+        raise FileNotFoundError(f"table '{t.name}' not found at {where}: run the stage that writes it first")
+    df = spark.read.parquet(where)
+    check_schema(df, t, where)
+    # Parquet forgets non-nullability; restore column order and nullability.
+    return conform(df, t)

@@ -1,0 +1,166 @@
+"""Every warehouse table's schema, in one place.
+
+Jobs read and write tables only through :mod:`recsys_spark.io`, which checks
+and casts to these schemas, so a table's shape changes here or nowhere.
+``docs/tables.md`` documents the same tables for downstream readers; a test
+keeps the two in step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql.types import (
+    ArrayType,
+    DateType,
+    DoubleType,
+    FloatType,
+    IntegerType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampType,
+)
+
+# Bumped whenever a table below changes incompatibly; recorded in model
+# metadata and run manifests so that readers can refuse stale inputs.
+SCHEMA_VERSION = 1
+
+# Canonical event column names (after mapping from the source).
+EVENT_ID = "event_id"
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_TYPE = "event_type"
+EVENT_TIME = "event_time"
+EVENT_DATE = "event_date"
+VALUE = "value"
+SESSION_ID = "session_id"
+SOURCE_FILE = "source_file"
+
+USER_INDEX = "user_index"
+ITEM_INDEX = "item_index"
+WEIGHT = "weight"
+
+
+def _s(*fields: tuple[str, object, bool]) -> StructType:
+    return StructType([StructField(name, dtype, nullable) for name, dtype, nullable in fields])
+
+
+@dataclass(frozen=True)
+class Table:
+    """A named warehouse table: where it lives, its schema and partitioning."""
+
+    name: str
+    path: str  # relative to the warehouse root
+    schema: StructType
+    partition_by: tuple[str, ...] = ()
+    description: str = ""
+
+
+EVENTS_CLEAN = Table(
+    "events_clean",
+    "events_clean",
+    _s(
+        (EVENT_ID, StringType(), True),
+        (USER_ID, StringType(), False),
+        (ITEM_ID, StringType(), False),
+        (EVENT_TYPE, StringType(), False),
+        (EVENT_TIME, TimestampType(), False),
+        (VALUE, DoubleType(), True),
+        (SESSION_ID, StringType(), True),
+        (SOURCE_FILE, StringType(), False),
+        (EVENT_DATE, DateType(), False),
+    ),
+    partition_by=(EVENT_DATE,),
+    description="Validated, deduplicated events in canonical form, times in UTC.",
+)
+
+QUARANTINE = Table(
+    "quarantine",
+    "quarantine",
+    _s(
+        ("raw_record", StringType(), True),
+        (SOURCE_FILE, StringType(), False),
+        ("reason", StringType(), False),
+        ("detail", StringType(), True),
+        ("run_id", StringType(), False),
+    ),
+    partition_by=("reason",),
+    description="Rows that failed validation, with the raw record, source file and reason code.",
+)
+
+USER_INDEX_TABLE = Table(
+    "user_index",
+    "tables/user_index",
+    _s((USER_ID, StringType(), False), (USER_INDEX, IntegerType(), False), ("first_indexed", DateType(), False)),
+    description="Append-only map raw user id -> dense index; known ids keep their index across runs.",
+)
+
+ITEM_INDEX_TABLE = Table(
+    "item_index",
+    "tables/item_index",
+    _s((ITEM_ID, StringType(), False), (ITEM_INDEX, IntegerType(), False), ("first_indexed", DateType(), False)),
+    description="Append-only map raw item id -> dense index; known ids keep their index across runs.",
+)
+
+USERS = Table(
+    "users",
+    "tables/users",
+    _s(
+        (USER_INDEX, IntegerType(), False),
+        (USER_ID, StringType(), False),
+        ("first_seen", TimestampType(), False),
+        ("last_seen", TimestampType(), False),
+        ("n_events", LongType(), False),
+        ("n_items", LongType(), False),
+        ("n_view", LongType(), False),
+        ("n_click", LongType(), False),
+        ("n_add_to_cart", LongType(), False),
+        ("n_purchase", LongType(), False),
+        ("n_rating", LongType(), False),
+    ),
+    description="One row per user with activity counts by event type.",
+)
+
+ITEMS = Table(
+    "items",
+    "tables/items",
+    _s(
+        (ITEM_INDEX, IntegerType(), False),
+        (ITEM_ID, StringType(), False),
+        ("popularity", LongType(), False),
+        ("n_events", LongType(), False),
+        ("first_seen", TimestampType(), False),
+        ("last_seen", TimestampType(), False),
+        ("title", StringType(), True),
+        ("year", IntegerType(), True),
+        ("genres", ArrayType(StringType(), True), True),
+    ),
+    description="One row per item: popularity (distinct users), activity and optional metadata.",
+)
+
+INTERACTIONS = Table(
+    "interactions",
+    "tables/interactions",
+    _s(
+        (USER_INDEX, IntegerType(), False),
+        (ITEM_INDEX, IntegerType(), False),
+        (WEIGHT, FloatType(), False),
+        ("event_count", LongType(), False),
+        ("first_time", TimestampType(), False),
+        ("last_time", TimestampType(), False),
+    ),
+    description="One row per (user, item) pair: confidence weight from event types and ratings.",
+)
+
+ALL_TABLES: dict[str, Table] = {
+    t.name: t
+    for t in (EVENTS_CLEAN, QUARANTINE, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS)
+}
+
+
+def get_table(name: str) -> Table:
+    try:
+        return ALL_TABLES[name]
+    except KeyError:
+        raise KeyError(f"unknown table '{name}'; known: {', '.join(sorted(ALL_TABLES))}") from None

@@ -1,0 +1,33 @@
+"""Building the SparkSession every job and test uses."""
+from __future__ import annotations
+
+from pyspark import SparkConf, SparkContext
+from pyspark.sql import SparkSession
+
+from recsys_spark.config import Config
+
+
+def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
+    """A SparkSession configured from ``cfg.spark``.
+
+    The master comes from spark-submit when it gave one, else from config, so
+    the same job runs on ``local[2]``, the local standalone cluster or any other
+    master unchanged. (Driver memory must be given to spark-submit: once the
+    JVM is up it cannot change; ``scripts/submit.sh`` passes it from config.)
+    """
+    # Connects to spark-submit's JVM, or starts one when run as plain Python.
+    SparkContext._ensure_initialized()
+    builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)
+    if not SparkConf().contains("spark.master"):
+        builder = builder.master(cfg.spark.master)
+    builder = (
+        builder.config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+        # Event times are stored and compared in UTC whatever the host's zone.
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+    )
+    for key, value in cfg.spark.extra.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Idempotent environment setup: .venv with the package and its pins.
+#   scripts/setup.sh          runtime dependencies (what the jobs need)
+#   scripts/setup.sh --dev    plus test and benchmark tools (pytest, duckdb, implicit)
+# Re-running is cheap: it reinstalls only when pyproject.toml changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[[ "${1:-}" == "--dev" ]] && extras="[dev]"
+
+# Java: Spark 3.5 runs on Java 17 (also 11/8, but we test on 17).
+if ! command -v java >/dev/null 2>&1; then
+  echo "setup: Java not found. Install a JDK 17, e.g. 'sudo apt-get install openjdk-17-jdk-headless'," >&2
+  echo "       or set JAVA_HOME and put \$JAVA_HOME/bin on PATH." >&2
+  exit 1
+fi
+java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+if [[ -z "$java_major" || "$java_major" -lt 17 ]]; then
+  echo "setup: Java 17 or newer is required, found '$(java -version 2>&1 | head -1)'." >&2
+  echo "       Install openjdk-17-jdk-headless (apt) or another JDK 17 and put it first on PATH." >&2
+  exit 1
+fi
+
+PYTHON=${PYTHON:-python3.11}
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  PYTHON=python3
+fi
+if [[ ! -x .venv/bin/python ]]; then
+  "$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), sys.version' 2>/dev/null || {
+    echo "setup: Python 3.11 is required (found $("$PYTHON" --version 2>&1)); set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  }
+  echo "setup: creating .venv with $("$PYTHON" --version)"
+  "$PYTHON" -m venv .venv
+fi
+
+stamp=".venv/.recsys-installed${extras}"
+want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+  exit 0
+fi
+echo "setup: installing recsys-spark${extras} and its pinned dependencies into .venv"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
+echo "$want" > "$stamp"

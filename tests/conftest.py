@@ -1,0 +1,36 @@
+"""Shared fixtures: one local[2] SparkSession for the whole run, data paths."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ML100K = (REPO.parent / "shared" / "data" / "ml-100k").resolve()
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory):
+    """The one SparkSession of the test run (2 cores, few partitions, no UI)."""
+    from recsys_spark.config import load_config
+    from recsys_spark.session import build_spark
+
+    os.environ.setdefault("PYSPARK_PYTHON", os.environ.get("PYSPARK_PYTHON", __import__("sys").executable))
+    cfg = load_config(
+        overrides=[
+            "spark.shuffle_partitions=2",
+            "spark.extra={spark.ui.enabled: 'false', spark.sql.warehouse.dir: '%s'}"
+            % tmp_path_factory.mktemp("spark-warehouse"),
+        ]
+    )
+    session = build_spark(cfg, app_name="recsys-spark-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ml100k_dir() -> Path:
+    if not (ML100K / "ratings.csv").exists():
+        pytest.skip(f"MovieLens 100K not found at {ML100K} (it lives in ../shared, never in the repo)")
+    return ML100K

@@ -1,0 +1,40 @@
+import pytest
+
+from recsys_spark.config import ConfigError, load_config
+
+
+def test_defaults_and_dataset_layering():
+    cfg = load_config(dataset="movielens-100k")
+    assert cfg.dataset.source.fixed_event_type == "rating"
+    assert cfg.dataset.source.columns.value == "rating"
+    # base.yaml values survive the dataset layer
+    assert cfg.tables.event_weights["purchase"] == 8.0
+
+
+def test_set_override_parses_yaml_scalars():
+    cfg = load_config(overrides=["synthetic.num_users=123", "clean.rating_max=10"])
+    assert cfg.synthetic.num_users == 123
+    assert cfg.clean.rating_max == 10.0
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("clean.bot.max_events_per_minute=abc", "clean.bot.max_events_per_minute"),
+        ("clean.nope=1", "clean.nope"),
+        ("dataset.source.format=xml", "dataset.source.format"),
+        ("run_date=2026-13-01", "run_date"),
+    ],
+)
+def test_malformed_override_names_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(overrides=[override])
+
+
+def test_malformed_file_names_file_and_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tables:\n  min_user_interactions: many\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(files=[bad])
+    assert str(bad) in str(err.value)
+    assert "tables.min_user_interactions" in str(err.value)

@@ -1,0 +1,211 @@
+"""User, item and interaction tables built from ``events_clean``.
+
+Pure transforms: DataFrames in, DataFrames out; :mod:`jobs.build_tables`
+reads and writes. Dense indexes are stable across runs (known ids keep their
+index, new ids are appended) because model factors and embeddings are stored
+by index: renumbering would silently pair users with someone else's vector.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.config import CANONICAL_EVENT_TYPES
+from recsys_spark.schemas import (
+    EVENT_TIME,
+    EVENT_TYPE,
+    ITEM_ID,
+    ITEM_INDEX,
+    USER_ID,
+    USER_INDEX,
+    VALUE,
+    WEIGHT,
+)
+
+
+def update_index(
+    ids: DataFrame,
+    previous: DataFrame | None,
+    *,
+    id_col: str,
+    index_col: str,
+    run_date: str,
+) -> DataFrame:
+    """Extend an id -> dense index map with the ids in ``ids``.
+
+    Args:
+        ids: one row per id seen now, columns ``id_col`` and ``first_seen``.
+        previous: the index table of the last run (``id_col``, ``index_col``,
+            ``first_indexed``), or None on the first run.
+        run_date: stamped as ``first_indexed`` on new ids.
+
+    Returns:
+        Every previous row unchanged plus one row per new id, numbered from
+        ``max(previous index) + 1`` in order of first appearance (ties by id),
+        so the numbering is deterministic.
+    """
+    if previous is None:
+        offset = 0
+        new_ids = ids.select(id_col, "first_seen")
+    else:
+        offset = (previous.agg(F.max(index_col)).first()[0] or -1) + 1
+        new_ids = ids.select(id_col, "first_seen").join(previous.select(id_col), id_col, "left_anti")
+    # A global ordering window pulls the new ids into one partition: fine,
+    # these are distinct ids (thousands to a few million), not events.
+    order = Window.orderBy("first_seen", id_col)
+    appended = new_ids.select(
+        id_col,
+        (F.row_number().over(order) - 1 + F.lit(offset)).cast("int").alias(index_col),
+        F.lit(run_date).cast("date").alias("first_indexed"),
+    )
+    if previous is None:
+        return appended
+    return previous.select(id_col, index_col, "first_indexed").unionByName(appended)
+
+
+def first_seen(events: DataFrame, *, id_col: str) -> DataFrame:
+    """One row per id with its earliest event time (``first_seen``)."""
+    return events.groupBy(id_col).agg(F.min(EVENT_TIME).alias("first_seen"))
+
+
+def _event_weight(event_weights: Mapping[str, float], rating_value_as_weight: bool):
+    """Column: each event's contribution to its interaction's weight."""
+    expr = F.lit(0.0)
+    for event_type, w in event_weights.items():
+        if event_type == "rating" and rating_value_as_weight:
+            continue  # ratings contribute their latest value instead, below
+        expr = F.when(F.col(EVENT_TYPE) == event_type, F.lit(float(w))).otherwise(expr)
+    return expr
+
+
+def aggregate_interactions(
+    events: DataFrame,
+    user_index: DataFrame,
+    item_index: DataFrame,
+    *,
+    event_weights: Mapping[str, float],
+    rating_value_as_weight: bool = True,
+) -> DataFrame:
+    """One row per (user, item) with its confidence weight.
+
+    The weight is the sum of ``event_weights`` over the pair's events; with
+    ``rating_value_as_weight`` a rating contributes its value, and only the
+    user's latest rating of the item counts (a re-rating replaces the old one).
+
+    Args:
+        events: ``events_clean`` rows (any time slice of them).
+        user_index / item_index: the index tables.
+
+    Returns:
+        Columns of the ``interactions`` table.
+    """
+    is_rating = F.col(EVENT_TYPE) == "rating"
+    latest_rating = F.max_by(F.when(is_rating, F.col(VALUE)), F.when(is_rating, F.col(EVENT_TIME)))
+    if not rating_value_as_weight:
+        latest_rating = F.lit(0.0)
+    return (
+        events.join(user_index.select(USER_ID, USER_INDEX), USER_ID)
+        .join(item_index.select(ITEM_ID, ITEM_INDEX), ITEM_ID)
+        .groupBy(USER_INDEX, ITEM_INDEX)
+        .agg(
+            (F.sum(_event_weight(event_weights, rating_value_as_weight)) + F.coalesce(latest_rating, F.lit(0.0)))
+            .cast("float")
+            .alias(WEIGHT),
+            F.count(F.lit(1)).alias("event_count"),
+            F.min(EVENT_TIME).alias("first_time"),
+            F.max(EVENT_TIME).alias("last_time"),
+        )
+    )
+
+
+def filter_min_activity(interactions: DataFrame, *, min_user: int, min_item: int) -> DataFrame:
+    """Drop users with fewer than ``min_user`` and items with fewer than ``min_item`` interactions.
+
+    One pass each (items first, then users), not iterated to a fixed point:
+    predictable and documented, and the defaults (1, 1) keep everything.
+    """
+    if min_item > 1:
+        keep_items = interactions.groupBy(ITEM_INDEX).count().where(F.col("count") >= min_item)
+        interactions = interactions.join(keep_items.select(ITEM_INDEX), ITEM_INDEX, "left_semi")
+    if min_user > 1:
+        keep_users = interactions.groupBy(USER_INDEX).count().where(F.col("count") >= min_user)
+        interactions = interactions.join(keep_users.select(USER_INDEX), USER_INDEX, "left_semi")
+    return interactions
+
+
+def build_users(events: DataFrame, user_index: DataFrame) -> DataFrame:
+    """The ``users`` table: first/last seen, distinct items and counts by event type."""
+    counts = [
+        F.sum(F.when(F.col(EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}")
+        for t in CANONICAL_EVENT_TYPES
+    ]
+    return (
+        events.groupBy(USER_ID)
+        .agg(
+            F.min(EVENT_TIME).alias("first_seen"),
+            F.max(EVENT_TIME).alias("last_seen"),
+            F.count(F.lit(1)).alias("n_events"),
+            F.countDistinct(ITEM_ID).alias("n_items"),
+            *counts,
+        )
+        .join(user_index.select(USER_ID, USER_INDEX), USER_ID)
+    )
+
+
+def build_items(events: DataFrame, item_index: DataFrame, metadata: DataFrame | None = None) -> DataFrame:
+    """The ``items`` table: popularity (distinct users), activity, optional metadata.
+
+    Args:
+        metadata: ``item_id``, ``title``, ``year``, ``genres`` (array) or None.
+    """
+    items = (
+        events.groupBy(ITEM_ID)
+        .agg(
+            F.countDistinct(USER_ID).alias("popularity"),
+            F.count(F.lit(1)).alias("n_events"),
+            F.min(EVENT_TIME).alias("first_seen"),
+            F.max(EVENT_TIME).alias("last_seen"),
+        )
+        .join(item_index.select(ITEM_ID, ITEM_INDEX), ITEM_ID)
+    )
+    if metadata is None:
+        return items.select(
+            "*",
+            F.lit(None).cast("string").alias("title"),
+            F.lit(None).cast("int").alias("year"),
+            F.lit(None).cast("array<string>").alias("genres"),
+        )
+    return items.join(metadata.select(ITEM_ID, "title", "year", "genres"), ITEM_ID, "left")
+
+
+def parse_item_metadata(
+    raw: DataFrame,
+    *,
+    item_id: str,
+    title: str | None,
+    year: str | None,
+    genres: str | None,
+    genres_delimiter: str = "|",
+) -> DataFrame:
+    """Map a raw item file (string columns) to ``item_id``, ``title``, ``year``, ``genres``.
+
+    A year that is not a number becomes null rather than failing the run:
+    metadata is decoration, the interactions are the product.
+    """
+    def col_or_null(name: str | None, dtype: str):
+        return F.col(name).cast(dtype) if name else F.lit(None).cast(dtype)
+
+    genre_col = (
+        F.split(F.col(genres), re.escape(genres_delimiter))  # split() takes a regex
+        if genres
+        else F.lit(None).cast("array<string>")
+    )
+    return raw.select(
+        F.trim(F.col(item_id)).alias(ITEM_ID),
+        col_or_null(title, "string").alias("title"),
+        col_or_null(year, "int").alias("year"),
+        genre_col.alias("genres"),
+    ).dropDuplicates([ITEM_ID])

@@ -8,6 +8,7 @@ The resolved config is written beside each job's output (``to_dict``).
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ from typing import Any
 
 import yaml
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# RECSYS_CONF_DIR: where conf/ is when the package is imported from elsewhere,
+# e.g. the zip that scripts/submit.sh ships with --py-files (set by submit.sh).
+CONF_DIR = Path(os.environ.get("RECSYS_CONF_DIR") or Path(__file__).resolve().parents[1] / "conf")
 CANONICAL_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 
 
@@ -146,6 +149,56 @@ class TablesConf:
 
 
 @dataclass
+class SplitConf:
+    # temporal: global time cutoffs on events (no leakage across them);
+    # leave_last_n: each user's last n interactions; random: seeded per-user
+    # stratified split (the protocol of Microsoft Recommenders' ml-100k table).
+    protocol: str = "temporal"
+    test_fraction: float = 0.1  # temporal: last share of the time span is test
+    validation_fraction: float = 0.1  # temporal: the slice before it is validation
+    leave_n: int = 1
+    train_ratio: float = 0.75  # random: share of each user's interactions in train
+    validation_ratio: float = 0.1  # random: share of each user's train part held out for validation
+    seed: int = 42
+
+
+@dataclass
+class EvaluationConf:
+    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
+    # The metric that picks hyperparameters, stops training and gates publishing.
+    primary_metric: str = "ndcg_at_10"
+    # Rank the whole catalog minus the items the user had in training.
+    exclude_seen: bool = True
+    # Rows of users scored per torch matmul in the blocked scorer.
+    scoring_batch_users: int = 512
+
+
+@dataclass
+class PopularityConf:
+    recent_days: int = 14  # the "recent" popularity baseline looks back this far from the train cutoff
+
+
+@dataclass
+class EaseConf:
+    l2: float = 250.0
+    # The Gram matrix and its inverse are dense on the driver: items^2 x 8 bytes, twice.
+    max_items: int = 20_000
+
+
+@dataclass
+class AlsConf:
+    # The grid searched on the validation split; the best is refitted on train+validation.
+    ranks: list[int] = field(default_factory=lambda: [32, 64])
+    reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    max_iters: list[int] = field(default_factory=lambda: [15])
+    # Candidate fits run as concurrent Spark jobs.
+    parallelism: int = 2
+    implicit_prefs: bool = True
+    seed: int = 42
+
+
+@dataclass
 class Config:
     warehouse: str = "warehouse"
     run_date: str | None = None  # YYYY-MM-DD; None means today (UTC)
@@ -155,6 +208,11 @@ class Config:
     synthetic: SyntheticConf = field(default_factory=SyntheticConf)
     clean: CleanConf = field(default_factory=CleanConf)
     tables: TablesConf = field(default_factory=TablesConf)
+    split: SplitConf = field(default_factory=SplitConf)
+    evaluation: EvaluationConf = field(default_factory=EvaluationConf)
+    popularity: PopularityConf = field(default_factory=PopularityConf)
+    ease: EaseConf = field(default_factory=EaseConf)
+    als: AlsConf = field(default_factory=AlsConf)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -325,6 +383,12 @@ def _check_values(cfg: Config) -> None:
     missing = [t for t in cfg.clean.event_types if t not in cfg.tables.event_weights]
     if missing:
         raise ConfigError(f"tables.event_weights: no weight for event type '{missing[0]}'")
+    if cfg.split.protocol not in ("temporal", "leave_last_n", "random"):
+        raise ConfigError(f"split.protocol must be temporal, leave_last_n or random, got '{cfg.split.protocol}'")
+    if cfg.split.test_fraction + cfg.split.validation_fraction >= 1.0:
+        raise ConfigError("split.test_fraction + split.validation_fraction must be below 1")
+    if not cfg.evaluation.ks or min(cfg.evaluation.ks) < 1:
+        raise ConfigError("evaluation.ks must be a non-empty list of positive integers")
     if not 0.0 <= cfg.synthetic.dirty_share < 1.0:
         raise ConfigError("synthetic.dirty_share must be in [0, 1)")
     if cfg.run_date is not None:

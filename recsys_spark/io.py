@@ -22,9 +22,14 @@ class SchemaMismatch(ValueError):
     """A table on disk or a DataFrame does not have the declared schema."""
 
 
-def table_path(warehouse: str, table: Table | str) -> str:
+def table_path(warehouse: str, table: Table | str, **parts: str) -> str:
+    """Where ``table`` lives; ``parts`` fill templated paths (``model=...``)."""
     t = get_table(table) if isinstance(table, str) else table
-    return f"{warehouse.rstrip('/')}/{t.path}"
+    return f"{warehouse.rstrip('/')}/{t.path.format(**parts)}"
+
+
+def model_dir(warehouse: str, model: str) -> str:
+    return f"{warehouse.rstrip('/')}/models/{model}"
 
 
 # --------------------------------------------------------------------------- filesystem

@@ -153,9 +153,60 @@ INTERACTIONS = Table(
     description="One row per (user, item) pair: confidence weight from event types and ratings.",
 )
 
+FOLDS = ("train", "validation", "test")
+SEGMENTS = ("warm", "cold_user", "cold_item")
+
+SPLIT = Table(
+    "split",
+    "split",
+    _s(
+        (USER_INDEX, IntegerType(), False),
+        (ITEM_INDEX, IntegerType(), False),
+        (WEIGHT, FloatType(), False),
+        ("last_time", TimestampType(), False),
+        # warm: user and item both have training interactions; cold_user / cold_item:
+        # first seen after the cutoff, evaluated separately.
+        ("segment", StringType(), False),
+        ("fold", StringType(), False),
+    ),
+    partition_by=("fold",),
+    description="Interactions split into train / validation / test folds; held-out rows exclude pairs seen before.",
+)
+
+USER_FACTORS = Table(
+    "user_factors",
+    "models/{model}/user_factors",
+    _s((USER_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), False), False)),
+    description="A dot-product model's user vectors by dense index.",
+)
+
+ITEM_FACTORS = Table(
+    "item_factors",
+    "models/{model}/item_factors",
+    _s((ITEM_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), False), False)),
+    description="A dot-product model's item vectors by dense index (EASE: rows of its item-item matrix).",
+)
+
+EVAL_RECS = Table(
+    "eval_recs",
+    "eval_recs/{model}",
+    _s(
+        (USER_INDEX, IntegerType(), False),
+        (ITEM_INDEX, IntegerType(), False),
+        ("score", FloatType(), False),
+        ("rank", IntegerType(), False),
+        ("fold", StringType(), False),
+    ),
+    partition_by=("fold",),
+    description="Each model's top-K for the evaluation users of a fold, excluding their training items.",
+)
+
 ALL_TABLES: dict[str, Table] = {
     t.name: t
-    for t in (EVENTS_CLEAN, QUARANTINE, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS)
+    for t in (
+        EVENTS_CLEAN, QUARANTINE, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS,
+        SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS,
+    )
 }
 
 

@@ -1,0 +1,179 @@
+"""Full-ranking evaluation on Spark.
+
+Every model is judged the same way: its top-K over the whole catalog minus
+the user's training items (``scoring.top_k``), against the user's held-out
+items. Sampled-negative metrics are deliberately absent: they mis-rank models.
+
+Precision/Recall/NDCG/MAP@K come from ``pyspark.ml.evaluation.RankingEvaluator``
+(binary relevance). What it lacks (HitRate@K, MRR, catalog coverage@K and the
+popularity bias of the recommendations) is computed per user with joins and
+window functions. Users are weighted equally; a user with no recommendations
+counts as all misses.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+
+_SPARK_METRICS = {
+    "precision": "precisionAtK",
+    "recall": "recallAtK",
+    "ndcg": "ndcgAtK",
+    "map": "meanAveragePrecisionAtK",
+}
+
+
+def relevant_items(held_out: DataFrame) -> DataFrame:
+    """``user_index``, ``relevant``: each user's held-out items as an array."""
+    return held_out.groupBy(USER_INDEX).agg(F.collect_set(ITEM_INDEX).alias("relevant"))
+
+
+def _check_columns(df: DataFrame, needed: Sequence[str], what: str) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; has {df.columns}")
+
+
+def ranking_metrics(
+    recs: DataFrame,
+    relevant: DataFrame,
+    *,
+    ks: Sequence[int],
+    n_items: int,
+    item_popularity: DataFrame | None = None,
+) -> dict[str, float]:
+    """Ranking metrics of ``recs`` against ``relevant``.
+
+    Args:
+        recs: ``user_index``, ``item_index``, ``rank`` (1 = best), at least max(ks) per user.
+        relevant: ``user_index``, ``relevant`` (array of item indexes); the evaluated users.
+        n_items: catalog size, for coverage.
+        item_popularity: ``item_index``, ``popularity`` over the catalog (training
+            counts); when given, ``popularity_percentile_at_k`` is the mean
+            popularity percentile of recommended items (1.0 = the most popular).
+
+    Returns:
+        ``{metric}_at_{k}`` for precision, recall, ndcg, map, hit_rate, coverage
+        (and popularity_percentile), plus ``mrr`` (over the top max(ks)) and ``users``.
+    """
+    _check_columns(recs, [USER_INDEX, ITEM_INDEX, "rank"], "recommendations")
+    _check_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
+    ks = sorted(set(int(k) for k in ks))
+    max_k = ks[-1]
+    recs = recs.where(F.col("rank") <= max_k)
+
+    predictions = recs.groupBy(USER_INDEX).agg(
+        F.transform(
+            F.array_sort(F.collect_list(F.struct("rank", ITEM_INDEX))), lambda x: x[ITEM_INDEX].cast("double")
+        ).alias("prediction")
+    )
+    # Cached: RankingEvaluator makes one pass per (metric, k).
+    joined = (
+        relevant.join(predictions, USER_INDEX, "left")
+        .select(
+            USER_INDEX,
+            F.coalesce("prediction", F.array().cast("array<double>")).alias("prediction"),
+            F.transform("relevant", lambda x: x.cast("double")).alias("label"),
+        )
+        .cache()
+    )
+    n_users = joined.count()
+    if n_users == 0:
+        joined.unpersist()
+        raise ValueError("evaluation: no users with held-out items")
+    out: dict[str, float] = {"users": float(n_users)}
+    for k in ks:
+        for name, spark_name in _SPARK_METRICS.items():
+            evaluator = RankingEvaluator(metricName=spark_name, k=k, predictionCol="prediction", labelCol="label")
+            out[f"{name}_at_{k}"] = float(evaluator.evaluate(joined))
+
+    # First hit per user -> HitRate@K and MRR.
+    pairs = relevant.select(USER_INDEX, F.explode("relevant").alias(ITEM_INDEX))
+    first_hit = recs.join(pairs, [USER_INDEX, ITEM_INDEX]).groupBy(USER_INDEX).agg(F.min("rank").alias("first_hit"))
+    per_user = joined.select(USER_INDEX).join(first_hit, USER_INDEX, "left")
+    aggs = [F.avg(F.coalesce(1.0 / F.col("first_hit"), F.lit(0.0))).alias("mrr")]
+    aggs += [F.avg(F.when(F.col("first_hit") <= k, 1.0).otherwise(0.0)).alias(f"hit_rate_at_{k}") for k in ks]
+    row = per_user.agg(*aggs).first().asDict()
+    out.update({k: float(v) for k, v in row.items()})
+
+    # Coverage@K over the catalog; recommendations of the evaluated users only.
+    evaluated_recs = recs.join(joined.select(USER_INDEX), USER_INDEX, "left_semi")
+    cov = evaluated_recs.agg(
+        *[F.countDistinct(F.when(F.col("rank") <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]
+    ).first()
+    for k in ks:
+        out[f"coverage_at_{k}"] = cov[f"c{k}"] / float(n_items)
+
+    if item_popularity is not None:
+        # percent_rank over the whole catalog: 0 = least popular, 1 = most popular.
+        pct = item_popularity.select(
+            ITEM_INDEX, F.percent_rank().over(Window.orderBy("popularity")).alias("pop_pct")
+        )
+        pop = evaluated_recs.join(pct, ITEM_INDEX, "left").agg(
+            *[F.avg(F.when(F.col("rank") <= k, F.coalesce("pop_pct", F.lit(0.0)))).alias(f"p{k}") for k in ks]
+        ).first()
+        for k in ks:
+            out[f"popularity_percentile_at_{k}"] = float(pop[f"p{k}"] or 0.0)
+    joined.unpersist()
+    return out
+
+
+def rating_errors(predictions: DataFrame, *, label_col: str = "rating", prediction_col: str = "prediction") -> dict:
+    """RMSE and MAE for models that predict ratings (rows with a NaN prediction dropped)."""
+    rows = predictions.where(~F.isnan(prediction_col))
+    return {
+        metric: float(RegressionEvaluator(metricName=metric, labelCol=label_col, predictionCol=prediction_col).evaluate(rows))
+        for metric in ("rmse", "mae")
+    }
+
+
+def catalog_popularity(train: DataFrame, n_items: int) -> DataFrame:
+    """``item_index``, ``popularity`` (distinct training users) for every catalog item, zeros included."""
+    spark = train.sparkSession
+    counts = train.groupBy(ITEM_INDEX).agg(F.countDistinct(USER_INDEX).alias("popularity"))
+    catalog = spark.range(n_items).select(F.col("id").cast("int").alias(ITEM_INDEX))
+    return catalog.join(counts, ITEM_INDEX, "left").select(ITEM_INDEX, F.coalesce("popularity", F.lit(0)).alias("popularity"))
+
+
+# --------------------------------------------------------------------------- reporting
+
+_TABLE_METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")
+
+
+def comparison_rows(results: Sequence[dict], ks: Sequence[int]) -> tuple[list[str], list[list]]:
+    """Header and rows of the cross-model table, best primary metric first."""
+    ks = sorted(ks)
+    header = ["model"] + [f"{m}@{k}" for m in _TABLE_METRICS for k in ks] + ["mrr", "users"]
+    rows = []
+    for res in results:
+        m = res["metrics"]
+        rows.append(
+            [res["model"]]
+            + [m.get(f"{name}_at_{k}", math.nan) for name in _TABLE_METRICS for k in ks]
+            + [m.get("mrr", math.nan), int(m.get("users", 0))]
+        )
+    first_ndcg = header.index(f"ndcg@{ks[0]}")
+    rows.sort(key=lambda r: -r[first_ndcg] if not math.isnan(r[first_ndcg]) else math.inf)
+    return header, rows
+
+
+def to_markdown(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(header: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.6f}" if isinstance(v, float) else str(v)
+
+    return "\n".join([",".join(header)] + [",".join(fmt(v) for v in row) for row in rows]) + "\n"

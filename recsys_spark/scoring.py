@@ -1,0 +1,158 @@
+"""Blocked top-K scoring: batches of users against a broadcast item matrix.
+
+Never a users x items cross join: each task takes batches of users, builds a
+dense [batch, items] score block with one torch matmul, masks the user's
+excluded items and keeps ``torch.topk``. Memory per task is bounded by
+``batch_users x n_items`` floats whatever the number of users.
+
+A *scorer* is a small picklable object with ``score(batch) -> torch.Tensor``
+of shape [len(batch), n_items]; it holds Spark broadcasts, not arrays, so the
+item matrix is shipped once per executor.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+
+TOPK_SCHEMA = "user_index int, item_index int, score float, rank int"
+
+
+class BatchScorer(Protocol):
+    n_items: int
+
+    def score(self, batch: pd.DataFrame):  # -> torch.Tensor [len(batch), n_items]
+        ...
+
+
+class DotProductScorer:
+    """score = user vector . item vector; users carry their vector in ``factors``.
+
+    Items without a vector (never trained) get -inf: a model has no evidence
+    for them, so they are never recommended by it.
+    """
+
+    def __init__(self, spark, item_matrix: np.ndarray, item_known: np.ndarray):
+        self.n_items = item_matrix.shape[0]
+        self._items = spark.sparkContext.broadcast(np.ascontiguousarray(item_matrix, dtype=np.float32))
+        self._known = spark.sparkContext.broadcast(item_known.astype(bool))
+
+    def score(self, batch: pd.DataFrame):
+        import torch
+
+        users = torch.from_numpy(np.stack(batch["factors"].to_numpy()).astype(np.float32))
+        scores = users @ torch.from_numpy(self._items.value).T
+        scores[:, ~torch.from_numpy(self._known.value)] = float("-inf")
+        return scores
+
+
+class ItemItemScorer:
+    """score = (user's binary history) x item-item matrix (EASE)."""
+
+    def __init__(self, spark, item_item: np.ndarray):
+        self.n_items = item_item.shape[0]
+        self._b = spark.sparkContext.broadcast(np.ascontiguousarray(item_item, dtype=np.float32))
+
+    def score(self, batch: pd.DataFrame):
+        import torch
+
+        history = torch.zeros(len(batch), self.n_items)
+        for row, seen in enumerate(batch["seen"]):
+            history[row, torch.as_tensor(np.asarray(seen, dtype=np.int64))] = 1.0
+        return history @ torch.from_numpy(self._b.value)
+
+
+def factor_matrix(factors_rows: list, n: int, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """Dense [n, rank] matrix from (index, factors) rows plus a 'has a vector' mask."""
+    matrix = np.zeros((n, rank), dtype=np.float32)
+    known = np.zeros(n, dtype=bool)
+    for idx, vec in factors_rows:
+        matrix[idx] = vec
+        known[idx] = True
+    return matrix, known
+
+
+def user_histories(train: DataFrame) -> DataFrame:
+    """``user_index``, ``seen`` (array of item indexes the user has in ``train``)."""
+    return train.groupBy(USER_INDEX).agg(F.collect_list(ITEM_INDEX).alias("seen"))
+
+
+def top_k(
+    users: DataFrame,
+    scorer: BatchScorer,
+    *,
+    k: int,
+    exclude_seen: bool = True,
+    batch_users: int = 512,
+) -> DataFrame:
+    """Top-``k`` items per user, as rows (``user_index``, ``item_index``, ``score``, ``rank``).
+
+    Args:
+        users: one row per user to score: ``user_index``, ``seen`` (array of
+            item indexes, may be null) and whatever the scorer reads
+            (``factors`` for a dot-product model).
+        exclude_seen: mask the ``seen`` items (already-consumed items are not
+            recommendations).
+
+    Returns:
+        At most ``k`` rows per user, rank 1 = best; fewer when the user has
+        fewer than ``k`` scorable unseen items. ``torch.topk`` on the CPU is
+        deterministic, so the same inputs give the same rows.
+    """
+    k = int(k)
+
+    def run(batches):
+        import torch
+
+        # One Spark task per core already: more torch threads would oversubscribe.
+        torch.set_num_threads(1)
+        for pdf in batches:
+            for start in range(0, len(pdf), batch_users):
+                chunk = pdf.iloc[start : start + batch_users]
+                scores = scorer.score(chunk)
+                if exclude_seen:
+                    for row, seen in enumerate(chunk["seen"]):
+                        if seen is not None and len(seen):
+                            scores[row, torch.as_tensor(np.asarray(seen, dtype=np.int64))] = float("-inf")
+                kk = min(k, scores.shape[1])
+                values, items = torch.topk(scores, kk, dim=1, sorted=True)
+                values_np, items_np = values.numpy(), items.numpy().astype(np.int32)
+                ok = np.isfinite(values_np)
+                users_np = np.repeat(chunk["user_index"].to_numpy(dtype=np.int32), kk).reshape(-1, kk)
+                ranks = np.tile(np.arange(1, kk + 1, dtype=np.int32), (len(chunk), 1))
+                yield pd.DataFrame(
+                    {
+                        "user_index": users_np[ok],
+                        "item_index": items_np[ok],
+                        "score": values_np[ok].astype(np.float32),
+                        "rank": ranks[ok],
+                    }
+                )
+
+    return users.mapInPandas(run, TOPK_SCHEMA)
+
+
+def popularity_scores(train: DataFrame, *, n_items: int, since=None) -> np.ndarray:
+    """Per-item popularity (distinct users) in ``train``, optionally only rows with ``last_time >= since``."""
+    rows = train if since is None else train.where(F.col("last_time") >= F.lit(since))
+    counts = rows.groupBy(ITEM_INDEX).agg(F.countDistinct(USER_INDEX).alias("n")).collect()
+    pop = np.zeros(n_items, dtype=np.float32)
+    for r in counts:
+        pop[r[ITEM_INDEX]] = r["n"]
+    return pop
+
+
+__all__ = [
+    "DotProductScorer",
+    "ItemItemScorer",
+    "TOPK_SCHEMA",
+    "factor_matrix",
+    "popularity_scores",
+    "top_k",
+    "user_histories",
+]

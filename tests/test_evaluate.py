@@ -1,0 +1,79 @@
+"""Metrics: a hand-computed example, and parity with an independent NumPy implementation."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from recsys_spark import evaluate
+from tests.metrics_reference import reference_metrics
+
+pytestmark = pytest.mark.spark
+
+
+def recs_df(spark, recs: dict[int, list[int]]):
+    rows = [(int(u), int(item), float(-r), r + 1) for u, items in recs.items() for r, item in enumerate(items)]
+    return spark.createDataFrame(rows, "user_index int, item_index int, score float, rank int")
+
+
+def relevant_df(spark, relevant: dict[int, set[int]]):
+    return spark.createDataFrame([(int(u), sorted(int(i) for i in v)) for u, v in relevant.items()], "user_index int, relevant array<int>")
+
+
+HAND_RECS = {1: [10, 20, 30, 40], 2: [10, 20]}
+HAND_RELEVANT = {1: {20, 40, 50}, 2: {10}, 3: {30}}  # user 3 got no recommendations
+
+
+def test_hand_example(spark):
+    m = evaluate.ranking_metrics(
+        recs_df(spark, HAND_RECS), relevant_df(spark, HAND_RELEVANT), ks=[2, 4], n_items=60
+    )
+    l2 = math.log2
+    assert m["users"] == 3
+    assert m["precision_at_2"] == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
+    assert m["recall_at_2"] == pytest.approx((1 / 3 + 1 + 0) / 3)
+    assert m["ndcg_at_2"] == pytest.approx(((1 / l2(3)) / (1 + 1 / l2(3)) + 1 + 0) / 3)
+    assert m["map_at_2"] == pytest.approx(((1 / 2) / 2 + 1 + 0) / 3)
+    assert m["precision_at_4"] == pytest.approx((2 / 4 + 1 / 4 + 0) / 3)  # divides by k even when short
+    assert m["recall_at_4"] == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert m["ndcg_at_4"] == pytest.approx(
+        ((1 / l2(3) + 1 / l2(5)) / (1 + 1 / l2(3) + 1 / l2(4)) + 1 + 0) / 3
+    )
+    assert m["map_at_4"] == pytest.approx(((1 / 2 + 2 / 4) / 3 + 1 + 0) / 3)
+    assert m["hit_rate_at_2"] == pytest.approx(2 / 3)
+    assert m["mrr"] == pytest.approx((1 / 2 + 1 + 0) / 3)
+    assert m["coverage_at_2"] == pytest.approx(2 / 60)
+    assert m["coverage_at_4"] == pytest.approx(4 / 60)
+
+
+def test_popularity_percentile(spark):
+    pop = spark.createDataFrame([(i, i) for i in range(5)], "item_index int, popularity long")
+    recs = recs_df(spark, {1: [4, 0]})
+    m = evaluate.ranking_metrics(recs, relevant_df(spark, {1: {4}}), ks=[1, 2], n_items=5, item_popularity=pop)
+    assert m["popularity_percentile_at_1"] == pytest.approx(1.0)  # the most popular item
+    assert m["popularity_percentile_at_2"] == pytest.approx(0.5)  # (1.0 + 0.0) / 2
+
+
+def test_missing_column_is_named(spark):
+    bad = spark.createDataFrame([(1, 2)], "user_index int, item int")
+    with pytest.raises(ValueError, match="item_index"):
+        evaluate.ranking_metrics(bad, relevant_df(spark, {1: {2}}), ks=[1], n_items=3)
+
+
+def test_parity_with_numpy_on_random_rankings(spark):
+    rng = np.random.default_rng(7)
+    n_items = 200
+    recs = {u: list(rng.choice(n_items, size=30, replace=False)) for u in range(150)}
+    relevant = {u: set(rng.choice(n_items, size=rng.integers(1, 25), replace=False)) for u in range(160)}
+    got = evaluate.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=[5, 10, 30], n_items=n_items)
+    want = reference_metrics(recs, relevant, [5, 10, 30], n_items)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_rating_errors(spark):
+    df = spark.createDataFrame([(4.0, 3.0), (2.0, 2.5), (5.0, float("nan"))], "rating double, prediction double")
+    m = evaluate.rating_errors(df)
+    assert m["rmse"] == pytest.approx(math.sqrt((1 + 0.25) / 2))
+    assert m["mae"] == pytest.approx(0.75)

@@ -4,40 +4,76 @@
 # Master: $SPARK_MASTER if set; else the local standalone cluster when
 # scripts/cluster.sh has it running (with its RPC secret from a 0600
 # properties file, never on the command line); else local[2].
+# For another master that needs a secret or other settings, put them in a
+# 0600 properties file and set RECSYS_SPARK_PROPERTIES=/path/to/it.
+# Config (run_dir, driver/executor memory) honours RECSYS_SET="key=value ..."
+# like scripts/cluster.sh; the job itself takes its own --set flags.
 # The library travels as a zip (--py-files), so the same command works
 # against a remote standalone master whose workers lack this checkout.
+# The job runs with the repository root as working directory.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 [[ $# -ge 1 ]] || { echo "usage: scripts/submit.sh JOB.py [args...]" >&2; exit 2; }
 job=$1; shift
+[[ -f $job ]] || { echo "submit.sh: no such job file: $job" >&2; exit 2; }
+job=$(cd "$(dirname "$job")" && pwd)/$(basename "$job")
+cd "$(dirname "$0")/.."
 
 py=.venv/bin/python
-export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PWD/$py}"
+export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PWD/$py}"          # executors run this Python
 export PYSPARK_DRIVER_PYTHON="${PYSPARK_DRIVER_PYTHON:-$PWD/$py}"
 export SPARK_LOCAL_IP="${SPARK_LOCAL_IP:-127.0.0.1}"
+# The driver may import recsys_spark from the zip below; conf/ stays here.
+export RECSYS_CONF_DIR="${RECSYS_CONF_DIR:-$PWD/conf}"
 
-run_dir=$($py -c 'from recsys_spark.config import load_config; print(load_config().cluster.run_dir)')
-driver_memory=$($py -c 'from recsys_spark.config import load_config; print(load_config().spark.driver_memory)')
-executor_memory=$($py -c 'from recsys_spark.config import load_config; print(load_config().cluster.executor_memory)')
+read -r -a overrides <<< "${RECSYS_SET:-}"
+cfg_out=$($py - "${overrides[@]}" <<'PY'
+import sys
+from pathlib import Path
+from recsys_spark.config import ConfigError, load_config
+try:
+    c = load_config(overrides=sys.argv[1:])
+except ConfigError as exc:
+    sys.exit(f"submit.sh: config error: {exc}")
+print(Path(c.cluster.run_dir).resolve(), c.spark.driver_memory, c.cluster.executor_memory, sep="\n")
+PY
+) || exit 2
+{ read -r run_dir; read -r driver_memory; read -r executor_memory; } <<< "$cfg_out"
 
-conf_args=()
+props="${RECSYS_SPARK_PROPERTIES:-}"
 master="${SPARK_MASTER:-}"
-if [[ -z "$master" && -f "$run_dir/master.url" ]] && ./scripts/cluster.sh status >/dev/null 2>&1; then
-  master=$(cat "$run_dir/master.url")
-  conf_args+=(--properties-file "$run_dir/spark-auth.conf")
+local_url=""
+if [[ -f "$run_dir/master.url" ]] && ./scripts/cluster.sh status >/dev/null 2>&1; then
+  local_url=$(<"$run_dir/master.url")
+fi
+if [[ -z "$master" && -n "$local_url" ]]; then
+  master=$local_url
+fi
+if [[ -n "$local_url" && "$master" == "$local_url" && -z "$props" ]]; then
+  props="$run_dir/spark-auth.conf"
 fi
 master="${master:-local[2]}"
+conf_args=()
+[[ -n "$props" ]] && conf_args+=(--properties-file "$props")
 
-mkdir -p run
-zip_path="run/recsys_spark.zip"
+# The package as a zip, with directory entries: recsys_spark is a namespace
+# package (no __init__.py) and zipimport finds those only through them.
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/recsys-submit.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+zip_path="$tmp/recsys_spark.zip"
 $py - "$zip_path" <<'PY'
-import sys, zipfile, pathlib
+import pathlib, sys, zipfile
 with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as zf:
-    for p in pathlib.Path("recsys_spark").rglob("*.py"):
-        zf.write(p)
+    root = pathlib.Path("recsys_spark")
+    for p in sorted([root, *root.rglob("*")]):
+        if "__pycache__" in p.parts:
+            continue
+        if p.is_dir() or p.suffix == ".py":
+            zf.write(p)
 PY
 
-exec .venv/bin/spark-submit \
+echo "submit.sh: $(basename "$job") on $master" >&2
+# Not exec: the zip is removed afterwards. SIGTERM/SIGINT are passed on.
+.venv/bin/spark-submit \
   --master "$master" \
   --driver-memory "$driver_memory" \
   --executor-memory "$executor_memory" \
@@ -45,4 +81,11 @@ exec .venv/bin/spark-submit \
   --conf spark.ui.showConsoleProgress=false \
   --py-files "$zip_path" \
   "${conf_args[@]}" \
-  "$job" "$@"
+  "$job" "$@" &
+child=$!
+trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT
+rc=0
+while kill -0 "$child" 2>/dev/null; do
+  wait "$child" && rc=0 || rc=$?
+done
+exit "$rc"

@@ -176,29 +176,27 @@ SPLIT = Table(
 USER_FACTORS = Table(
     "user_factors",
     "models/{model}/user_factors",
-    _s((USER_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), False), False)),
+    _s((USER_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), True), False)),
     description="A dot-product model's user vectors by dense index.",
 )
 
 ITEM_FACTORS = Table(
     "item_factors",
     "models/{model}/item_factors",
-    _s((ITEM_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), False), False)),
+    _s((ITEM_INDEX, IntegerType(), False), ("factors", ArrayType(FloatType(), True), False)),
     description="A dot-product model's item vectors by dense index (EASE: rows of its item-item matrix).",
 )
 
 EVAL_RECS = Table(
     "eval_recs",
-    "eval_recs/{model}",
+    "eval_recs/{model}/{fold}",
     _s(
         (USER_INDEX, IntegerType(), False),
         (ITEM_INDEX, IntegerType(), False),
         ("score", FloatType(), False),
         ("rank", IntegerType(), False),
-        ("fold", StringType(), False),
     ),
-    partition_by=("fold",),
-    description="Each model's top-K for the evaluation users of a fold, excluding their training items.",
+    description="Each model's top-K for the warm users of a held-out fold, excluding their training items.",
 )
 
 ALL_TABLES: dict[str, Table] = {

@@ -1,0 +1,1 @@
+"""Models: baselines (popularity, EASE), Spark ALS, and the neural models."""

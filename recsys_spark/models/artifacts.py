@@ -1,0 +1,131 @@
+"""Model folders: ``<warehouse>/models/<name>/`` with ``metadata.json`` and, for
+dot-product models, ``user_factors`` / ``item_factors`` tables.
+
+``metadata.json`` records what a reader needs to trust the vectors: the model
+name and kind, its hyperparameters, the resolved config, the schema version,
+the sizes of the id indexes the vectors are numbered by, and its metrics.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+
+from recsys_spark import io
+from recsys_spark.schemas import ITEM_FACTORS, ITEM_INDEX, SCHEMA_VERSION, USER_FACTORS, USER_INDEX
+from recsys_spark.scoring import DotProductScorer, factor_matrix
+
+KIND_DOT_PRODUCT = "dot_product"  # user_factors . item_factors
+KIND_ITEM_ITEM = "item_item"  # user history x item_factors (EASE's item-item matrix rows)
+KIND_TORCH = "torch"  # a neural model that needs a forward pass (state_dict + config)
+
+
+def metadata_path(warehouse: str, model: str) -> str:
+    return f"{io.model_dir(warehouse, model)}/metadata.json"
+
+
+def save_factors(
+    warehouse: str,
+    model: str,
+    *,
+    user_factors: DataFrame | None,
+    item_factors: DataFrame,
+) -> None:
+    """Write a model's vectors (``user_index``/``item_index``, ``factors``)."""
+    if user_factors is not None:
+        io.write_table(user_factors, warehouse, USER_FACTORS, path=io.table_path(warehouse, USER_FACTORS, model=model))
+    io.write_table(item_factors, warehouse, ITEM_FACTORS, path=io.table_path(warehouse, ITEM_FACTORS, model=model))
+
+
+def save_metadata(
+    spark: SparkSession,
+    warehouse: str,
+    model: str,
+    *,
+    kind: str,
+    params: dict[str, Any],
+    config: dict[str, Any],
+    n_users: int,
+    n_items: int,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict:
+    meta = {
+        "model": model,
+        "kind": kind,
+        "params": params,
+        "schema_version": SCHEMA_VERSION,
+        "user_index_size": n_users,
+        "item_index_size": n_items,
+        "metrics": metrics or {},
+        "trained_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+        "config": config,
+        **(extra or {}),
+    }
+    io.write_json(spark, metadata_path(warehouse, model), meta)
+    return meta
+
+
+def load_metadata(spark: SparkSession, warehouse: str, model: str) -> dict:
+    path = metadata_path(warehouse, model)
+    if not io.path_exists(spark, path):
+        raise FileNotFoundError(f"model '{model}' not found: no {path} (train it first)")
+    meta = io.read_json(spark, path)
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"model '{model}' was written with schema version {meta.get('schema_version')}, "
+            f"this code reads {SCHEMA_VERSION}: retrain it"
+        )
+    return meta
+
+
+def read_user_factors(spark: SparkSession, warehouse: str, model: str) -> DataFrame:
+    return io.read_table(spark, warehouse, USER_FACTORS, path=io.table_path(warehouse, USER_FACTORS, model=model))
+
+
+def read_item_factors(spark: SparkSession, warehouse: str, model: str) -> DataFrame:
+    return io.read_table(spark, warehouse, ITEM_FACTORS, path=io.table_path(warehouse, ITEM_FACTORS, model=model))
+
+
+def item_matrix(item_factors: DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+    """Collect item vectors into a dense [n_items, rank] matrix (+ 'has a vector' mask).
+
+    The item side is collected on purpose: it is broadcast to every scoring task.
+    """
+    rows = [(r[ITEM_INDEX], r["factors"]) for r in item_factors.select(ITEM_INDEX, "factors").collect()]
+    rank = len(rows[0][1]) if rows else 1
+    return factor_matrix(rows, n_items, rank)
+
+
+def dot_product_scorer(spark: SparkSession, item_factors: DataFrame, n_items: int) -> DotProductScorer:
+    matrix, known = item_matrix(item_factors, n_items)
+    return DotProductScorer(spark, matrix, known)
+
+
+def factors_frame(spark: SparkSession, matrix: np.ndarray, index_col: str) -> DataFrame:
+    """A factors table from a dense driver-side matrix (small models: popularity, EASE)."""
+    rows = [(i, matrix[i].astype(float).tolist()) for i in range(matrix.shape[0])]
+    return spark.createDataFrame(rows, f"{index_col} int, factors array<float>")
+
+
+def users_with_factors(users: DataFrame, user_factors: DataFrame) -> DataFrame:
+    """Attach ``factors`` to ``users``; users without a vector are dropped (cold: handled by the caller)."""
+    return users.join(user_factors.select(USER_INDEX, "factors"), USER_INDEX)
+
+
+__all__ = [
+    "KIND_DOT_PRODUCT",
+    "KIND_ITEM_ITEM",
+    "KIND_TORCH",
+    "dot_product_scorer",
+    "factors_frame",
+    "item_matrix",
+    "load_metadata",
+    "read_item_factors",
+    "read_user_factors",
+    "save_factors",
+    "save_metadata",
+    "users_with_factors",
+]

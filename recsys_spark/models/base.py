@@ -1,0 +1,83 @@
+"""The small interface every neural model implements; the trainer knows nothing else.
+
+A model is a ``torch.nn.Module`` subclass in one file under ``recsys_spark/models/``,
+registered by name in :mod:`recsys_spark.models.registry`. It says which
+training examples it reads (``input_kind``), builds itself from sizes and
+hyperparameters, computes its loss on one batch, and scores users against the
+whole catalog. Dot-product models also expose their user and item vectors, so
+serving needs no forward pass.
+
+Batches are dicts of tensors, as the data path delivers them:
+
+* ``pairs``: ``user_index`` [B] long, ``item_index`` [B] long, ``weight`` [B] float,
+  plus ``history`` [B, L] long and ``history_len`` [B] long (the user's training
+  items in time order, padded with ``n_items``) when ``needs_history`` is set.
+* ``histories``: one row per user: ``user_index`` [B], ``history`` [B, L]
+  (padded with ``n_items``), ``history_len`` [B].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class TrainContext:
+    """What the trainer hands a model's ``loss`` besides the batch.
+
+    ``sample_negatives(n)`` draws ``n`` item indexes from the configured
+    distribution (uniform or popularity-proportional) on the right device.
+    ``item_log_q`` is the log of each item's sampling probability in a batch
+    (for the two-tower model's log-q correction). ``epoch`` drives annealing.
+    """
+
+    n_items: int
+    sample_negatives: Any
+    negatives_per_positive: int = 4
+    item_log_q: torch.Tensor | None = None
+    epoch: int = 0
+    step: int = 0
+    total_steps: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+class RecModel(torch.nn.Module):
+    """Base class of the neural models."""
+
+    name: ClassVar[str] = ""
+    input_kind: ClassVar[str] = "pairs"  # "pairs" | "histories"
+    needs_history: ClassVar[bool] = False
+    dot_product: ClassVar[bool] = False
+    # Hyperparameters with their defaults; conf/models/<name>.yaml overrides them.
+    default_params: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, *, n_users: int, n_items: int, params: dict[str, Any]):
+        super().__init__()
+        self.n_users = n_users
+        self.n_items = n_items
+        self.params = {**self.default_params, **params}
+
+    @classmethod
+    def build(cls, *, n_users: int, n_items: int, params: dict[str, Any] | None = None,
+              item_features: dict[str, torch.Tensor] | None = None) -> "RecModel":
+        unknown = set(params or {}) - set(cls.default_params)
+        if unknown:
+            raise ValueError(f"model '{cls.name}': unknown parameter(s) {sorted(unknown)}; "
+                             f"known: {sorted(cls.default_params)}")
+        return cls(n_users=n_users, n_items=n_items, params=params or {})
+
+    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
+        raise NotImplementedError
+
+    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
+        """Scores [B, n_items] for users (history padded with ``n_items``)."""
+        raise NotImplementedError
+
+    # Dot-product models only: vectors whose dot product is ``score_users``.
+    def user_vectors(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def item_vectors(self) -> torch.Tensor:
+        raise NotImplementedError

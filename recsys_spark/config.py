@@ -199,6 +199,29 @@ class AlsConf:
 
 
 @dataclass
+class NeuralConf:
+    """The Petastorm-fed DDP trainer (jobs/train_neural.py)."""
+
+    num_processes: int = 2  # TorchDistributor processes (one per GPU when GPUs are used)
+    use_gpu: str = "auto"  # auto: GPUs when the cluster has them; "true" / "false" force it
+    epochs: int = 20
+    patience: int = 3  # early stopping: epochs without a better validation metric
+    batch_size: int = 1024
+    learning_rate: float = 0.001
+    weight_decay: float = 0.0
+    negative_sampling: str = "uniform"  # uniform | popularity
+    negatives_per_positive: int = 4
+    history_length: int = 50  # cap on each user's history (most recent items)
+    cache_dir: str = "run/petastorm"  # Petastorm's materialisation dir, deleted after the run
+    seed: int = 42
+    refit: bool = True  # refit on train + validation for the early-stopped number of epochs
+    mixed_precision: bool = True  # autocast on GPU only
+    max_steps_per_epoch: int | None = None  # bounds Petastorm's endless loader; None: one pass
+    # Per-model hyperparameters over each model's defaults, e.g. {neumf: {embedding_dim: 32}}.
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     warehouse: str = "warehouse"
     run_date: str | None = None  # YYYY-MM-DD; None means today (UTC)
@@ -213,6 +236,7 @@ class Config:
     popularity: PopularityConf = field(default_factory=PopularityConf)
     ease: EaseConf = field(default_factory=EaseConf)
     als: AlsConf = field(default_factory=AlsConf)
+    neural: NeuralConf = field(default_factory=NeuralConf)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,0 +1,105 @@
+"""Split protocols: no leakage across cutoffs, cold start counted, reproducible random split."""
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from pyspark.sql import functions as F
+
+from recsys_spark import split
+from recsys_spark.schemas import EVENTS_CLEAN, ITEM_INDEX_TABLE, USER_INDEX_TABLE
+
+pytestmark = pytest.mark.spark
+T0 = dt.datetime(2026, 1, 1)
+WEIGHTS = {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0}
+
+
+def make_events(spark, rows):
+    """rows: (user, item, day offset, event type)."""
+    data = [
+        (f"e{i}", u, it, t, T0 + dt.timedelta(days=d), None, None, "f", (T0 + dt.timedelta(days=d)).date())
+        for i, (u, it, d, t) in enumerate(rows)
+    ]
+    return spark.createDataFrame(data, EVENTS_CLEAN.schema)
+
+
+def indexes(spark, users, items):
+    u = spark.createDataFrame([(x, i, T0.date()) for i, x in enumerate(users)], USER_INDEX_TABLE.schema)
+    it = spark.createDataFrame([(x, i, T0.date()) for i, x in enumerate(items)], ITEM_INDEX_TABLE.schema)
+    return u, it
+
+
+def test_temporal_split_has_no_leakage_and_marks_cold_start(spark):
+    rows = [
+        ("a", "x", 0, "view"), ("a", "y", 10, "view"), ("b", "x", 20, "view"),
+        ("a", "x", 85, "purchase"),  # after the validation cutoff: must not raise a's training weight
+        ("a", "z", 95, "view"),      # test, warm user, warm item? z unseen before -> cold item
+        ("c", "x", 96, "view"),      # test, user first seen after cutoff -> cold user
+        ("b", "y", 99, "click"),     # test, warm
+        ("b", "y", 100, "view"),
+        ("a", "y", 85, "view"),      # validation slice, but pair seen in train -> dropped
+    ]
+    ev = make_events(spark, rows)
+    uidx, iidx = indexes(spark, ["a", "b", "c"], ["x", "y", "z"])
+    out, info = split.temporal_split(ev, uidx, iidx, test_fraction=0.1, validation_fraction=0.1, event_weights=WEIGHTS)
+    got = {(r.user_index, r.item_index, r.fold): (r.weight, r.segment, r.last_time) for r in out.collect()}
+    val_cut = dt.datetime.fromisoformat(info["validation_cutoff"])
+    test_cut = dt.datetime.fromisoformat(info["test_cutoff"])
+    assert val_cut == T0 + dt.timedelta(days=80) and test_cut == T0 + dt.timedelta(days=90)
+    assert got[(0, 0, "train")][0] == 1.0  # the later purchase stayed out of training
+    assert all(v[2] < val_cut for k, v in got.items() if k[2] == "train")
+    assert (0, 1, "validation") not in got  # already in train
+    assert got[(0, 2, "test")][1] == "cold_item"
+    assert got[(2, 0, "test")][1] == "cold_user"
+    assert got[(1, 1, "test")] [:2] == (3.0, "warm")
+    train_pairs = {(u, i) for (u, i, f) in got if f == "train"}
+    held_pairs = {(u, i) for (u, i, f) in got if f != "train"}
+    assert not train_pairs & held_pairs
+
+
+def synthetic_interactions(spark, n_users=60, n_items=40):
+    rows = [(u, (u * 7 + j * 3) % n_items, 1.0, T0 + dt.timedelta(hours=u + j)) for u in range(n_users) for j in range(4 + u % 9)]
+    return spark.createDataFrame(rows, "user_index int, item_index int, weight float, last_time timestamp").dropDuplicates(
+        ["user_index", "item_index"])
+
+
+def test_random_split_is_stratified_and_reproducible(spark):
+    inter = synthetic_interactions(spark)
+    a, _ = split.random_split(inter, train_ratio=0.75, validation_ratio=0.0, seed=3)
+    b, _ = split.random_split(inter, train_ratio=0.75, validation_ratio=0.0, seed=3)
+    c, _ = split.random_split(inter, train_ratio=0.75, validation_ratio=0.0, seed=4)
+    key = lambda df: sorted((r.user_index, r.item_index, r.fold) for r in df.collect())  # noqa: E731
+    assert key(a) == key(b) and key(a) != key(c)
+    per_user = a.groupBy("user_index").agg(
+        F.count("*").alias("n"), F.sum(F.when(F.col("fold") == "train", 1).otherwise(0)).alias("train")
+    ).collect()
+    for r in per_user:
+        assert r.train == math.floor(r.n * 0.75 + 0.5)  # every user keeps 75% in train (half up)
+    assert a.count() == inter.count()
+
+
+def test_leave_last_n_holds_out_each_users_latest(spark):
+    inter = synthetic_interactions(spark)
+    out, _ = split.leave_last_n_split(inter, n=1)
+    rows = out.collect()
+    by_user: dict = {}
+    for r in rows:
+        by_user.setdefault(r.user_index, []).append(r)
+    for user, rs in by_user.items():
+        if len(rs) <= 2:
+            assert all(r.fold == "train" for r in rs)
+            continue
+        test = [r for r in rs if r.fold == "test"]
+        assert len(test) == 1 and len([r for r in rs if r.fold == "validation"]) == 1
+        assert test[0].last_time == max(r.last_time for r in rs)
+        assert max(r.last_time for r in rs if r.fold == "train") <= min(r.last_time for r in rs if r.fold != "train")
+
+
+def test_training_rows_final_adds_validation(spark):
+    inter = synthetic_interactions(spark)
+    out, _ = split.random_split(inter, train_ratio=0.8, validation_ratio=0.25, seed=1)
+    n = {f: split.fold(out, f).count() for f in ("train", "validation", "test")}
+    assert n["validation"] > 0
+    assert split.training_rows(out, final=False).count() == n["train"]
+    assert split.training_rows(out, final=True).count() == n["train"] + n["validation"]

@@ -1,0 +1,1 @@
+"""The neural trainer: data path (Petastorm), PyTorch loop, TorchDistributor glue, checkpoints."""

@@ -110,21 +110,26 @@ stop_leftover_executors() {
 }
 
 # Poll the master's JSON until `what` holds: "master" (it answers) or
-# "worker" (a worker with our web UI port is ALIVE). Fails early when a
-# daemon exits.
+# "worker" (a worker with our web UI port is ALIVE, and not one of the ids
+# listed in $known_workers: a worker stopped a moment ago may still show).
+# `ids` prints the ids of the workers the master knows now.
 wait_for() {
-  $py - "$1" "http://$host:$master_webui/json/" "$worker_webui" "$START_TIMEOUT" <<'PY'
+  $py - "$1" "http://$host:$master_webui/json/" "$worker_webui" "$START_TIMEOUT" "${known_workers:-}" <<'PY'
 import json, sys, time, urllib.request
-what, url, worker_webui, timeout = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+what, url, worker_webui, timeout, known = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5]
 deadline = time.monotonic() + timeout
 while time.monotonic() < deadline:
     try:
         with urllib.request.urlopen(url, timeout=2) as resp:
             state = json.load(resp)
+        if what == "ids":
+            print(" ".join(w.get("id", "") for w in state.get("workers", [])))
+            sys.exit(0)
         if what == "master":
             sys.exit(0)
         for w in state.get("workers", []):
-            if w.get("state") == "ALIVE" and str(w.get("webuiaddress", "")).endswith(":" + worker_webui):
+            if (w.get("state") == "ALIVE" and w.get("id") not in known.split()
+                    and str(w.get("webuiaddress", "")).endswith(":" + worker_webui)):
                 sys.exit(0)
     except (OSError, ValueError):
         pass
@@ -230,10 +235,13 @@ pick free ports, e.g. RECSYS_SET=\"cluster.master_port=... cluster.master_webui_
     if ! wait_up master; then
       echo "cluster.sh: master did not come up; $(log_hint master)" >&2
       stop_role master >/dev/null
+      rm -f "$auth_conf"
       exit 1
     fi
   fi
   rm -f "$(pid_file worker)"
+  local known_workers
+  known_workers=$(START_TIMEOUT=5 wait_for ids 2>/dev/null | tail -n 1) || known_workers=""
   # Executor logs and app files go to work/; apps gone for 7 days are cleaned up.
   SPARK_WORKER_OPTS="-Dspark.port.maxRetries=0 -Dspark.worker.cleanup.enabled=true ${SPARK_WORKER_OPTS:-}" \
     start_daemon worker --host "$host" --webui-port "$worker_webui" \
@@ -243,7 +251,7 @@ pick free ports, e.g. RECSYS_SET=\"cluster.master_port=... cluster.master_webui_
   if ! wait_up worker; then
     echo "cluster.sh: worker did not register with the master; $(log_hint worker)" >&2
     stop_role worker >/dev/null
-    [[ $started_master == 1 ]] && stop_role master >/dev/null
+    [[ $started_master == 1 ]] && { stop_role master >/dev/null; rm -f "$auth_conf"; }
     exit 1
   fi
   echo "$master_url" > "$run_dir/master.url"

@@ -72,8 +72,10 @@ with zipfile.ZipFile(sys.argv[1], "w", zipfile.ZIP_DEFLATED) as zf:
 PY
 
 echo "submit.sh: $(basename "$job") on $master" >&2
-# Not exec: the zip is removed afterwards. SIGTERM/SIGINT are passed on.
-.venv/bin/spark-submit \
+# Not exec: the zip is removed afterwards. spark-submit runs in its own process
+# group, and SIGTERM/SIGINT/SIGHUP here end the whole group: the JVM and the
+# Python driver it started (which would otherwise outlive it).
+setsid .venv/bin/spark-submit \
   --master "$master" \
   --driver-memory "$driver_memory" \
   --executor-memory "$executor_memory" \
@@ -83,7 +85,7 @@ echo "submit.sh: $(basename "$job") on $master" >&2
   "${conf_args[@]}" \
   "$job" "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null || true' TERM INT
+trap 'kill -TERM -- "-$child" 2>/dev/null || kill -TERM "$child" 2>/dev/null || true' TERM INT HUP
 rc=0
 while kill -0 "$child" 2>/dev/null; do
   wait "$child" && rc=0 || rc=$?

@@ -55,8 +55,8 @@ master="${master:-local[2]}"
 conf_args=()
 [[ -n "$props" ]] && conf_args+=(--properties-file "$props")
 
-# The package as a zip, with directory entries: recsys_spark is a namespace
-# package (no __init__.py) and zipimport finds those only through them.
+# The package as a zip, with directory entries: a subpackage without
+# __init__.py (a namespace package) is found by zipimport only through them.
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/recsys-submit.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 zip_path="$tmp/recsys_spark.zip"

@@ -32,6 +32,11 @@ def model_dir(warehouse: str, model: str) -> str:
     return f"{warehouse.rstrip('/')}/models/{model}"
 
 
+def report_path(warehouse: str, job: str, name: str) -> str:
+    """A job's run report: ``<warehouse>/reports/<job>/<name>.json``."""
+    return f"{warehouse.rstrip('/')}/reports/{job}/{name}.json"
+
+
 # --------------------------------------------------------------------------- filesystem
 
 

@@ -199,11 +199,26 @@ EVAL_RECS = Table(
     description="Each model's top-K for the warm users of a held-out fold, excluding their training items.",
 )
 
+RECOMMENDATIONS = Table(
+    "recommendations",
+    "recommendations/run_date={run_date}",
+    _s(
+        (USER_ID, StringType(), False),
+        (ITEM_ID, StringType(), False),
+        ("rank", IntegerType(), False),  # 1 = best
+        ("score", FloatType(), False),  # the serving model's (or popularity's) score
+        ("model", StringType(), False),  # the serving model's name
+        ("source", StringType(), False),  # model | popularity_fallback
+        ("explanation", StringType(), True),  # item_id from the user's history most similar to item_id
+    ),
+    description="The published top-N per known user (raw ids), from the serving model or the popularity fallback.",
+)
+
 ALL_TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         EVENTS_CLEAN, QUARANTINE, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS,
-        SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS,
+        SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS, RECOMMENDATIONS,
     )
 }
 

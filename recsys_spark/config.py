@@ -222,6 +222,23 @@ class NeuralConf:
 
 
 @dataclass
+class RecommendConf:
+    """The published top-N (jobs/recommend.py)."""
+
+    n: int = 50
+    model: str | None = None  # null / "best": the best on validation evaluation.primary_metric
+    exclude_seen: bool = True  # never recommend items already in the user's interactions
+    min_history: int = 1  # users with fewer interactions get the recent-popularity fallback
+    mmr_lambda: float | None = None  # MMR diversity re-ranking: 1 = relevance only; null = off
+    mmr_similarity: str = "auto"  # embedding (cosine) | genres (Jaccard) | auto (embedding, else genres)
+    mmr_pool_factor: int = 3  # MMR re-ranks the top pool_factor x n candidates
+    exclude_items_path: str | None = None  # CSV (header) or Parquet with item_id: never recommended
+    keep_runs: int = 7  # run_date directories kept; older ones are deleted
+    max_metric_drop: float = 0.1  # refuse when the validation metric is this share below the last run's
+    min_coverage: float = 0.01  # refuse when under this share of the catalog is recommended to anyone
+
+
+@dataclass
 class Config:
     warehouse: str = "warehouse"
     run_date: str | None = None  # YYYY-MM-DD; None means today (UTC)
@@ -237,6 +254,7 @@ class Config:
     ease: EaseConf = field(default_factory=EaseConf)
     als: AlsConf = field(default_factory=AlsConf)
     neural: NeuralConf = field(default_factory=NeuralConf)
+    recommend: RecommendConf = field(default_factory=RecommendConf)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

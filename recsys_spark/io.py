@@ -128,6 +128,36 @@ def publish_directory(spark: SparkSession, staging: str, final: str) -> None:
         delete_path(spark, trash)
 
 
+def replace_file(spark: SparkSession, src: str, dst: str) -> None:
+    """Rename file ``src`` onto ``dst`` in one step, replacing ``dst`` if it exists.
+
+    ``FileSystem.rename`` refuses an existing target on HDFS; ``FileContext``'s
+    rename with OVERWRITE replaces it atomically there and on a local disk, so a
+    reader of ``dst`` sees the old file or the new one, never none.
+    """
+    jvm = spark.sparkContext._jvm
+    fs, d = _fs(spark, dst)
+    _, s = _fs(spark, src)
+    qualified = fs.makeQualified(d)
+    fc = jvm.org.apache.hadoop.fs.FileContext.getFileContext(
+        qualified.toUri(), spark.sparkContext._jsc.hadoopConfiguration()
+    )
+    options = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+    options[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
+    fc.rename(fs.makeQualified(s), qualified, options)
+
+
+def modification_time(spark: SparkSession, path: str) -> str | None:
+    """When ``path`` (file or directory) last changed, ISO 8601 UTC; None when absent."""
+    import datetime as _dt
+
+    fs, p = _fs(spark, path)
+    if not fs.exists(p):
+        return None
+    millis = fs.getFileStatus(p).getModificationTime()
+    return _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc).isoformat()
+
+
 # --------------------------------------------------------------------------- tables
 
 

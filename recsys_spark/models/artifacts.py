@@ -68,6 +68,34 @@ def save_metadata(
     return meta
 
 
+MODEL_FILE = "model.pt"  # a torch-kind model's state dict (torch.save), beside metadata.json
+
+
+def state_dict_path(warehouse: str, model: str) -> str:
+    return f"{io.model_dir(warehouse, model)}/{MODEL_FILE}"
+
+
+def save_state_dict(spark: SparkSession, warehouse: str, model: str, data: bytes) -> str:
+    """Write a torch-kind model's state dict bytes to ``model.pt`` (any Hadoop filesystem)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(state_dict_path(warehouse, model))
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out = fs.create(path, True)
+    try:
+        out.write(bytearray(data))
+    finally:
+        out.close()
+    return state_dict_path(warehouse, model)
+
+
+def load_state_dict_bytes(spark: SparkSession, warehouse: str, model: str) -> bytes:
+    """The bytes ``save_state_dict`` wrote (for ``torch.load(..., weights_only=True)``)."""
+    path = state_dict_path(warehouse, model)
+    if not io.path_exists(spark, path):
+        raise FileNotFoundError(f"model '{model}' has no {MODEL_FILE} at {path} (train it first)")
+    return bytes(spark.sparkContext.binaryFiles(path).first()[1])
+
+
 def load_metadata(spark: SparkSession, warehouse: str, model: str) -> dict:
     path = metadata_path(warehouse, model)
     if not io.path_exists(spark, path):
@@ -119,13 +147,17 @@ __all__ = [
     "KIND_DOT_PRODUCT",
     "KIND_ITEM_ITEM",
     "KIND_TORCH",
+    "MODEL_FILE",
     "dot_product_scorer",
     "factors_frame",
     "item_matrix",
     "load_metadata",
+    "load_state_dict_bytes",
     "read_item_factors",
     "read_user_factors",
     "save_factors",
     "save_metadata",
+    "save_state_dict",
+    "state_dict_path",
     "users_with_factors",
 ]

@@ -213,6 +213,7 @@ class NeuralConf:
     negatives_per_positive: int = 4
     history_length: int = 50  # cap on each user's history (most recent items)
     cache_dir: str = "run/petastorm"  # Petastorm's materialisation dir, deleted after the run
+    checkpoint_dir: str = "run/checkpoints"  # per-epoch checkpoints (rank 0); a rerun resumes, success clears
     seed: int = 42
     refit: bool = True  # refit on train + validation for the early-stopped number of epochs
     mixed_precision: bool = True  # autocast on GPU only

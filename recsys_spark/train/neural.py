@@ -1,0 +1,332 @@
+"""Training, scoring and saving a registered neural model: what ``jobs/train_neural.py`` calls.
+
+* :func:`fit` — materialise the examples (:mod:`recsys_spark.train.data`), run
+  the loop in ``neural.num_processes`` processes (:mod:`recsys_spark.train.distributed`)
+  and return a :class:`FittedModel` (weights as bytes, per-epoch history).
+  Selection (``final=False``) trains on train with early stopping on the
+  validation fold; the refit (``final=True``) trains on train + validation
+  for a given number of epochs, without validation.
+* :func:`score_fold` — top-K for a held-out fold's warm users, through the
+  same blocked scorer as every other model: dot-product models as user and
+  item vectors (``artifacts.dot_product_scorer``), the others through
+  ``TorchModelScorer``.
+* :func:`save` — ``<warehouse>/models/<name>/``: factor tables (kind
+  ``dot_product``) or ``model.pt`` plus build arguments (kind ``torch``), and
+  ``metadata.json``.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark import io, model_eval, split
+from recsys_spark.config import Config
+from recsys_spark.models import artifacts, registry
+from recsys_spark.schemas import ITEM_INDEX, ITEMS, USER_INDEX, WEIGHT
+from recsys_spark.train import checkpoint, data, distributed
+from recsys_spark.train.loop import TrainSettings
+
+
+@dataclass
+class FittedModel:
+    """A trained model as the driver holds it (rank 0's result)."""
+
+    name: str
+    build_kwargs: dict[str, Any]  # n_users, n_items, params
+    state_dict: bytes
+    history: list[dict]
+    best_epoch: int  # 0-based
+    best_metric: float | None
+    epochs_run: int
+    stopped_early: bool
+    resumed_from: int
+    seconds: float
+    item_features: dict[str, np.ndarray] | None = None
+    model_class: type | None = None  # None: registry.get(name)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cls(self):
+        return self.model_class or registry.get(self.name)
+
+    def build(self):
+        """The trained model on the driver (CPU, eval mode)."""
+        return _load_model(self.cls, self.build_kwargs, self.item_features, self.state_dict)
+
+    def torch_build_kwargs(self) -> dict[str, Any]:
+        """``RecModel.build``'s keyword arguments, item features as tensors (for TorchModelScorer)."""
+        import torch
+
+        kwargs = dict(self.build_kwargs)
+        if self.item_features is not None:
+            kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in self.item_features.items()}
+        return kwargs
+
+
+def _load_model(cls, build_kwargs, item_features, state: bytes):
+    import torch
+
+    from recsys_spark.train.loop import state_dict_from_bytes
+
+    kwargs = dict(build_kwargs)
+    if item_features is not None:
+        kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in item_features.items()}
+    model = cls.build(**kwargs)
+    model.load_state_dict(state_dict_from_bytes(state))
+    return model.eval()
+
+
+def takes_item_features(cls) -> bool:
+    """Whether a model class is built with item metadata (its constructor names ``item_features``)."""
+    return "item_features" in inspect.signature(cls.__init__).parameters
+
+
+def item_features(spark: SparkSession, warehouse: str, n_items: int) -> dict[str, np.ndarray] | None:
+    """Item metadata from the ``items`` table as model inputs, or None when it has none.
+
+    ``genres``: multi-hot [n_items, G] over the sorted genre vocabulary;
+    ``year``: [n_items, 1] standardised over the items that have one (0 for
+    those that do not, i.e. the mean). Item metadata, not training examples:
+    one row per item is collected.
+    """
+    if not io.path_exists(spark, io.table_path(warehouse, ITEMS)):
+        return None
+    rows = io.read_table(spark, warehouse, ITEMS).select(ITEM_INDEX, "year", "genres").collect()
+    vocab = sorted({g for r in rows for g in (r["genres"] or []) if g})
+    out: dict[str, np.ndarray] = {}
+    if vocab:
+        col = {g: j for j, g in enumerate(vocab)}
+        genres = np.zeros((n_items, len(vocab)), dtype=np.float32)
+        for r in rows:
+            if r[ITEM_INDEX] < n_items:
+                for g in r["genres"] or []:
+                    if g:
+                        genres[r[ITEM_INDEX], col[g]] = 1.0
+        out["genres"] = genres
+    years = [(r[ITEM_INDEX], r["year"]) for r in rows if r["year"] is not None and r[ITEM_INDEX] < n_items]
+    if years:
+        values = np.array([y for _, y in years], dtype=np.float64)
+        std = values.std() or 1.0
+        year = np.zeros((n_items, 1), dtype=np.float32)
+        for idx, y in years:
+            year[idx, 0] = (y - values.mean()) / std
+        out["year"] = year
+    return out or None
+
+
+def data_fingerprint(rows: DataFrame) -> dict[str, Any]:
+    """Cheap summary of the training rows; a checkpoint of other data is not resumed."""
+    r = rows.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.sum(WEIGHT).alias("weight"),
+        F.sum(F.xxhash64(USER_INDEX, ITEM_INDEX)).alias("pairs"),
+        F.max("last_time").alias("last_time"),
+    ).first()
+    return {k: str(v) for k, v in r.asDict().items()}
+
+
+def run_key(**parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def checkpoint_dir(cfg: Config, name: str, phase: str) -> str:
+    return f"{cfg.neural.checkpoint_dir.rstrip('/')}/{name}-{phase}"
+
+
+def clear_checkpoints(cfg: Config, name: str) -> None:
+    """After the model is saved: the next run starts fresh."""
+    for phase in ("selection", "refit"):
+        checkpoint.clear(checkpoint_dir(cfg, name, phase))
+
+
+def fit(
+    spark: SparkSession,
+    cfg: Config,
+    split_rows: DataFrame,
+    name: str,
+    *,
+    n_users: int,
+    n_items: int,
+    final: bool,
+    epochs: int | None = None,
+    features: dict[str, np.ndarray] | None = None,
+    model_class: type | None = None,
+) -> FittedModel:
+    """Train model ``name`` on train (selection, early stopping on validation) or train + validation (refit).
+
+    Args:
+        split_rows: the ``split`` table.
+        epochs: the refit's epoch count (selection: ``neural.epochs``, an upper bound).
+        features: item features (:func:`item_features`), used if the model takes them.
+    """
+    nc = cfg.neural
+    cls = model_class or registry.get(name)
+    params = dict(nc.models.get(name, {}))
+    phase = "refit" if final else "selection"
+    reads_history = cls.needs_history or cls.input_kind == data.HISTORIES
+    features = features if takes_item_features(cls) else None
+    rows = split.training_rows(split_rows, final=final)
+    examples = data.training_examples(rows, input_kind=cls.input_kind, needs_history=cls.needs_history,
+                                      n_items=n_items, history_length=nc.history_length)
+    validation = None
+    if not final:
+        held = split.fold(split_rows, model_eval.SELECTION_FOLD, segment="warm")
+        validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
+    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
+    use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
+    started = time.time()
+    pdata = data.materialise(
+        spark, examples, cache_dir=f"{nc.cache_dir.rstrip('/')}/{name}-{phase}", shard_count=nc.num_processes,
+        history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=validation,
+    )
+    try:
+        build_kwargs = {"n_users": n_users, "n_items": n_items, "params": params}
+        key = run_key(model=name, phase=phase, build=build_kwargs, settings=asdict(settings),
+                      batch_size=nc.batch_size, history_length=nc.history_length, processes=nc.num_processes,
+                      data=data_fingerprint(rows), features=sorted(features or {}))
+        job = distributed.WorkerJob(
+            model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=pdata, settings=settings,
+            item_counts=data.item_counts(rows, n_items), batch_size=nc.batch_size, item_features=features,
+            validate=not final, checkpoint_dir=checkpoint_dir(cfg, name, phase), run_key=key,
+            threads_per_process=distributed.threads_per_process(spark, nc.num_processes), use_gpu=use_gpu,
+        )
+        result = distributed.run(spark, job, num_processes=nc.num_processes)
+    finally:
+        pdata.delete()
+    return FittedModel(
+        name=name, build_kwargs=build_kwargs, state_dict=result["state_dict"], history=result["history"],
+        best_epoch=result["best_epoch"], best_metric=result["best_metric"], epochs_run=result["epochs_run"],
+        stopped_early=result["stopped_early"], resumed_from=result["resumed_from"],
+        seconds=time.time() - started, item_features=features, model_class=model_class,
+        extra={"examples": pdata.rows, "parquet_files": pdata.files, "use_gpu": use_gpu},
+    )
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+def ordered_seen(train_rows: DataFrame) -> DataFrame:
+    """``user_index``, ``seen``: each user's training items in time order (what a history is cut from)."""
+    return train_rows.groupBy(USER_INDEX).agg(
+        F.transform(F.array_sort(F.collect_list(F.struct("last_time", ITEM_INDEX))),
+                    lambda s: s[ITEM_INDEX]).alias("seen")
+    )
+
+
+def user_factor_table(spark: SparkSession, fitted: FittedModel, train_rows: DataFrame, *,
+                      history_length: int, batch_users: int = 1024) -> DataFrame:
+    """``user_index``, ``factors``: a dot-product model's user vectors for every user with training rows.
+
+    Computed in Spark tasks (the weights are broadcast), never on the driver.
+    """
+    histories = data.user_histories(train_rows, n_items=fitted.build_kwargs["n_items"], history_length=history_length)
+    payload = spark.sparkContext.broadcast((fitted.cls, fitted.build_kwargs, fitted.item_features, fitted.state_dict))
+
+    def run(batches):
+        import torch
+
+        torch.set_num_threads(1)  # one Spark task per core already
+        model = _load_model(*payload.value)
+        for pdf in batches:
+            for start in range(0, len(pdf), batch_users):
+                chunk = pdf.iloc[start : start + batch_users]
+                with torch.no_grad():
+                    vectors = model.user_vectors(
+                        torch.as_tensor(chunk[USER_INDEX].to_numpy(dtype=np.int64)),
+                        torch.as_tensor(np.stack(chunk["history"].to_numpy()).astype(np.int64)),
+                        torch.as_tensor(chunk["history_len"].to_numpy(dtype=np.int64)),
+                    ).float().numpy()
+                yield pd.DataFrame({USER_INDEX: chunk[USER_INDEX].to_numpy(dtype=np.int32),
+                                    "factors": list(vectors)})
+
+    return histories.mapInPandas(run, f"{USER_INDEX} int, factors array<float>")
+
+
+def item_factor_table(spark: SparkSession, fitted: FittedModel) -> DataFrame:
+    """``item_index``, ``factors``: the item vectors (computed once on the driver: the item
+    side is broadcast to every scoring task anyway)."""
+    import torch
+
+    with torch.no_grad():
+        matrix = fitted.build().item_vectors().float().numpy()
+    return artifacts.factors_frame(spark, matrix, ITEM_INDEX)
+
+
+def score_fold(spark: SparkSession, cfg: Config, split_rows: DataFrame, fitted: FittedModel, fold: str
+               ) -> dict[str, Any]:
+    """Top-K of ``fold``'s warm users (training items excluded) from ``fitted``.
+
+    Returns:
+        ``recs`` (the ``eval_recs`` shape) and, for dot-product models,
+        ``user_factors`` / ``item_factors`` (what :func:`save` writes).
+    """
+    train = split.training_rows(split_rows, final=fold == model_eval.FINAL_FOLD)
+    n_items = fitted.build_kwargs["n_items"]
+    out: dict[str, Any] = {}
+    if fitted.cls.dot_product:
+        out["user_factors"] = user_factor_table(spark, fitted, train, history_length=cfg.neural.history_length)
+        out["item_factors"] = item_factor_table(spark, fitted)
+        scorer = artifacts.dot_product_scorer(spark, out["item_factors"], n_items)
+        users = artifacts.users_with_factors(model_eval.fold_users(split_rows, fold), out["user_factors"])
+    else:
+        from recsys_spark.models.torch_scorer import TorchModelScorer
+
+        scorer = TorchModelScorer(spark, fitted.name, fitted.state_dict, fitted.torch_build_kwargs(),
+                                  history_length=cfg.neural.history_length)
+        # ``seen`` in time order: the scorer cuts the model's history from its end.
+        users = model_eval.fold_users(split_rows, fold).drop("seen").join(ordered_seen(train), USER_INDEX, "left")
+    out["recs"] = model_eval.score_fold(users, scorer, cfg)
+    return out
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def save(spark: SparkSession, cfg: Config, fitted: FittedModel, scored: dict[str, Any], *,
+         n_users: int, n_items: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
+    """Write ``<warehouse>/models/<name>/``: vectors or ``model.pt``, then ``metadata.json``."""
+    wh, name = cfg.warehouse, fitted.name
+    if fitted.cls.dot_product:
+        kind = artifacts.KIND_DOT_PRODUCT
+        artifacts.save_factors(wh, name, user_factors=scored["user_factors"], item_factors=scored["item_factors"])
+    else:
+        kind = artifacts.KIND_TORCH
+        artifacts.save_state_dict(spark, wh, name, fitted.state_dict)
+    meta_extra = {
+        "build_kwargs": fitted.build_kwargs,
+        "item_features": sorted(fitted.item_features or {}),
+        "history_length": cfg.neural.history_length,
+        "input_kind": fitted.cls.input_kind,
+        "needs_history": fitted.cls.needs_history,
+        "epochs": fitted.epochs_run,
+        "history": fitted.history,
+        **(extra or {}),
+    }
+    if kind == artifacts.KIND_TORCH:
+        meta_extra["state_dict_file"] = artifacts.MODEL_FILE
+    params = {**fitted.cls.default_params, **fitted.build_kwargs["params"]}
+    return artifacts.save_metadata(spark, wh, name, kind=kind, params=params, config=cfg.to_dict(),
+                                   n_users=n_users, n_items=n_items, metrics=metrics, extra=meta_extra)
+
+
+__all__ = [
+    "FittedModel",
+    "clear_checkpoints",
+    "fit",
+    "item_factor_table",
+    "item_features",
+    "ordered_seen",
+    "save",
+    "score_fold",
+    "takes_item_features",
+    "user_factor_table",
+]

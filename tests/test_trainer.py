@@ -1,0 +1,376 @@
+"""The neural trainer: local metrics vs the evaluation library, the Petastorm data
+path's batch shapes, checkpoint resume, a 2-process gloo run through
+TorchDistributor that learns planted structure, and (once the neural models are
+registered) jobs/train_neural.py end to end."""
+from __future__ import annotations
+
+import datetime as dt
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recsys_spark.models.base import RecModel
+from recsys_spark.train import checkpoint, local_metrics, loop
+from recsys_spark.train.local_metrics import UserItems, ValidationSet
+
+REPO = Path(__file__).resolve().parents[1]
+T0 = dt.datetime(2026, 1, 1)
+
+
+class TinyMF(RecModel):
+    """Matrix factorisation with BPR on sampled negatives: the smallest model the trainer can run."""
+
+    name = "tiny_mf"
+    input_kind = "pairs"
+    needs_history = False
+    dot_product = True
+    default_params = {"dim": 8}
+
+    def __init__(self, *, n_users, n_items, params):
+        super().__init__(n_users=n_users, n_items=n_items, params=params)
+        self.user = torch.nn.Embedding(n_users, self.params["dim"])
+        self.item = torch.nn.Embedding(n_items, self.params["dim"])
+        torch.nn.init.normal_(self.user.weight, std=0.1)
+        torch.nn.init.normal_(self.item.weight, std=0.1)
+
+    def loss(self, batch, ctx):
+        users, items = batch["user_index"], batch["item_index"]
+        k = ctx.negatives_per_positive
+        neg = ctx.sample_negatives(users.shape[0] * k).view(-1, k)
+        u = self.user(users)
+        pos = (u * self.item(items)).sum(-1)
+        negs = (u[:, None, :] * self.item(neg)).sum(-1)
+        return -F.logsigmoid(pos[:, None] - negs).mean()
+
+    def score_users(self, user_index, history, history_len):
+        return self.user(user_index) @ self.item.weight.T
+
+
+# --------------------------------------------------------------------------- planted data
+
+N_GROUPS, USERS_PER_GROUP, ITEMS_PER_GROUP = 4, 20, 10
+N_USERS, N_ITEMS = N_GROUPS * USERS_PER_GROUP, N_GROUPS * ITEMS_PER_GROUP
+
+
+def planted(seed=0):
+    """Users of group g consume items of group g only: 6 in train, 2 held out.
+    Group 0's items are the most popular overall, so popularity is no oracle."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for u in range(N_USERS):
+        g = u // USERS_PER_GROUP if u % 4 else 0  # a quarter of every group also likes group 0
+        items = rng.permutation(np.arange(g * ITEMS_PER_GROUP, (g + 1) * ITEMS_PER_GROUP))
+        if g != u // USERS_PER_GROUP:
+            items = rng.permutation(np.arange(0, ITEMS_PER_GROUP))
+        train += [(u, int(i), t) for t, i in enumerate(items[:6])]
+        held += [(u, int(i)) for i in items[6:8]]
+    return train, held
+
+
+def validation_of(train, held, history_length=8):
+    users = np.arange(N_USERS)
+    seen = UserItems.from_pairs(np.array([u for u, _, _ in train]), np.array([i for _, i, _ in train]), N_USERS)
+    rel = UserItems.from_pairs(np.array([u for u, _ in held]), np.array([i for _, i in held]), N_USERS)
+    hist = np.full((N_USERS, history_length), N_ITEMS)
+    return ValidationSet(users, hist, np.zeros(N_USERS, dtype=np.int64), seen, rel)
+
+
+def pair_tensors(train):
+    return {
+        "user_index": torch.tensor([u for u, _, _ in train]),
+        "item_index": torch.tensor([i for _, i, _ in train]),
+        "weight": torch.ones(len(train)),
+    }
+
+
+def counts_of(train):
+    return np.bincount([i for _, i, _ in train], minlength=N_ITEMS).astype(float)
+
+
+def rows_df(spark, train):
+    rows = [(u, i, 1.0, T0 + dt.timedelta(hours=t)) for u, i, t in train]
+    return spark.createDataFrame(rows, "user_index int, item_index int, weight float, last_time timestamp")
+
+
+# --------------------------------------------------------------------------- local metrics
+
+
+def test_metric_formulas_on_a_hand_example():
+    # One user, relevant {3, 7}; top-3 after excluding seen item 0: [3, 5, 7].
+    scores = torch.tensor([[9.0, 1.0, 2.0, 8.0, 0.0, 7.0, 0.5, 6.0]])
+    top = local_metrics.top_k_excluding(scores, np.array([0]), np.array([0]), 3)
+    assert top.tolist() == [[3, 5, 7]]
+    rel = UserItems.from_lists([[3, 7]])
+    ndcg = (1 + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+    assert local_metrics.metric_per_user(top, rel, "ndcg", 3)[0] == pytest.approx(ndcg)
+    assert local_metrics.metric_per_user(top, rel, "precision", 3)[0] == pytest.approx(2 / 3)
+    assert local_metrics.metric_per_user(top, rel, "recall", 3)[0] == pytest.approx(1.0)
+    # Fewer scorable items than k: the missing positions are misses.
+    short = local_metrics.top_k_excluding(torch.tensor([[1.0, float("-inf")]]), np.array([]), np.array([]), 3)
+    assert short.tolist() == [[0, -1, -1]]
+    with pytest.raises(ValueError, match="map_at_10"):
+        local_metrics.parse_metric("map_at_10")
+
+
+@pytest.mark.spark
+def test_local_metrics_equal_the_evaluation_library(spark):
+    """Same scores -> the trainer's numbers equal recsys_spark.evaluate.ranking_metrics."""
+    from recsys_spark import evaluate
+
+    rng = np.random.default_rng(7)
+    n_users, n_items, k_list = 30, 25, [3, 10]
+    scores = torch.as_tensor(rng.normal(size=(n_users, n_items)), dtype=torch.float32)
+    seen = UserItems.from_lists([rng.choice(n_items, rng.integers(0, 6), replace=False) for _ in range(n_users)])
+    relevant_lists = []
+    for u in range(n_users):
+        pool = np.setdiff1d(np.arange(n_items), seen.indices[seen.indptr[u] : seen.indptr[u + 1]])
+        relevant_lists.append(rng.choice(pool, rng.integers(1, 8), replace=False))
+    relevant = UserItems.from_lists(relevant_lists)
+    # One user has scores only for 2 unseen items: fewer recommendations than k.
+    scores[5, 2:] = float("-inf")
+
+    rec_rows = []
+    for u in range(n_users):
+        rows, items = seen.block(u, u + 1)
+        top = local_metrics.top_k_excluding(scores[u : u + 1], rows, items, max(k_list))[0]
+        rec_rows += [(u, int(i), r + 1) for r, i in enumerate(top) if i >= 0]
+    recs = spark.createDataFrame(rec_rows, "user_index int, item_index int, rank int")
+    rel_df = spark.createDataFrame([(u, [int(i) for i in r]) for u, r in enumerate(relevant_lists)],
+                                   "user_index int, relevant array<int>")
+    want = evaluate.ranking_metrics(recs, rel_df, ks=k_list, n_items=n_items)
+    for k in k_list:
+        for name in local_metrics.METRICS:
+            got = local_metrics.evaluate(lambda rows: scores[rows], n_users, seen, relevant,
+                                         metric=f"{name}_at_{k}", batch_users=7)
+            assert got == pytest.approx(want[f"{name}_at_{k}"], abs=1e-9), f"{name}_at_{k}"
+
+
+# --------------------------------------------------------------------------- data path
+
+
+@pytest.mark.spark
+def test_examples_and_petastorm_batches_have_the_documented_shapes(spark, tmp_path):
+    from recsys_spark.train import data
+
+    train = [(0, 5, 3), (0, 2, 1), (0, 7, 2), (1, 4, 0)]  # (user, item, hour)
+    rows = rows_df(spark, train)
+    hist = {r["user_index"]: (r["history"], r["history_len"])
+            for r in data.user_histories(rows, n_items=9, history_length=2).collect()}
+    # Time order, the most recent 2, padded with n_items.
+    assert hist == {0: ([7, 5], 2), 1: ([4, 9], 1)}
+
+    examples = data.training_examples(rows, input_kind="pairs", needs_history=True, n_items=9, history_length=2)
+    assert examples.columns == ["user_index", "item_index", "weight", "history", "history_len"]
+    users, labels = data.validation_examples(rows, rows_df(spark, [(0, 1, 9), (1, 3, 9)]).select(
+        "user_index", "item_index"), n_items=9, history_length=2)
+    pd_ = data.materialise(spark, examples, cache_dir=str(tmp_path / "cache"), shard_count=2, history_length=2,
+                           validation=(users, labels))
+    try:
+        assert pd_.files % 2 == 0 and pd_.rows == 4
+        seen_rows = 0
+        for rank in (0, 1):
+            with pd_.shard_loader(rank=rank, world_size=2, batch_size=3, seed=1, epoch=0) as loader:
+                for batch in loader:
+                    b = batch["user_index"].shape[0]
+                    assert batch["history"].shape == (b, 2) and batch["history_len"].shape == (b,)
+                    assert batch["weight"].dtype == torch.float32 and not batch["item_index"].is_floating_point()
+                    seen_rows += b
+        assert seen_rows == 4  # the two shards partition the rows
+        val = pd_.validation_set(n_items=9)
+        assert val.users.tolist() == [0, 1]
+        assert val.history.tolist() == [[7, 5], [4, 9]]
+        assert val.seen.indices.tolist() == [2, 5, 7, 4] and val.relevant.indices.tolist() == [1, 3]
+    finally:
+        pd_.delete()
+    assert not any((tmp_path / "cache").iterdir())
+
+
+# --------------------------------------------------------------------------- loop and checkpoints
+
+
+def _settings(**kw):
+    base = dict(epochs=4, patience=10, learning_rate=0.05, negatives_per_positive=4, seed=3, metric="ndcg_at_5")
+    return loop.TrainSettings(**{**base, **kw})
+
+
+def test_resume_after_a_crash_continues_where_it_stopped(tmp_path):
+    train, held = planted()
+    tensors, counts, val = pair_tensors(train), counts_of(train), validation_of(train, held)
+    factory = loop.tensor_loader_factory(tensors, batch_size=32, seed=3)
+
+    def fresh():
+        torch.manual_seed(0)
+        return TinyMF.build(n_users=N_USERS, n_items=N_ITEMS)
+
+    straight = loop.train(fresh(), factory, _settings(), item_counts=counts, validation=val, log=lambda s: None)
+
+    def crashing(epoch):
+        if epoch == 2:
+            raise RuntimeError("simulated crash")
+        return factory(epoch)
+
+    ckdir = tmp_path / "ck"
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        loop.train(fresh(), crashing, _settings(), item_counts=counts, validation=val,
+                   checkpoint_dir=str(ckdir), run_key="k", log=lambda s: None)
+    saved = torch.load(checkpoint.checkpoint_path(ckdir), weights_only=True)
+    assert saved["epoch"] == 2 and len(saved["history"]) == 2
+
+    lines = []
+    resumed = loop.train(fresh(), factory, _settings(), item_counts=counts, validation=val,
+                         checkpoint_dir=str(ckdir), run_key="k", log=lines.append)
+    assert resumed["resumed_from"] == 2
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3, 4]
+    assert sum(line.startswith("epoch ") for line in lines) == 2  # only epochs 3 and 4 ran
+    a, b = loop.state_dict_from_bytes(straight["state_dict"]), loop.state_dict_from_bytes(resumed["state_dict"])
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    assert [h["ndcg_at_5"] for h in resumed["history"]] == [h["ndcg_at_5"] for h in straight["history"]]
+
+    # Another run's checkpoint is not resumed.
+    other = loop.train(fresh(), factory, _settings(epochs=1), item_counts=counts, validation=val,
+                       checkpoint_dir=str(ckdir), run_key="other", log=lambda s: None)
+    assert other["resumed_from"] == 0
+
+
+def test_early_stopping_keeps_the_best_epoch():
+    train, held = planted()
+    val = validation_of(train, held)
+    factory = loop.tensor_loader_factory(pair_tensors(train), batch_size=32, seed=3)
+    torch.manual_seed(0)
+    # A learning rate this high makes the metric bounce: patience 1 stops at the first drop.
+    out = loop.train(TinyMF.build(n_users=N_USERS, n_items=N_ITEMS), factory,
+                     _settings(epochs=30, patience=1, learning_rate=0.5), item_counts=counts_of(train),
+                     validation=val, log=lambda s: None)
+    metrics = [h["ndcg_at_5"] for h in out["history"]]
+    assert out["best_metric"] == max(metrics) and metrics[out["best_epoch"]] == max(metrics)
+    if out["stopped_early"]:
+        assert metrics[-1] <= max(metrics) and len(metrics) == out["best_epoch"] + 2
+
+
+def test_popularity_negatives_follow_the_counts():
+    sampler = loop.NegativeSampler(np.array([0.0, 1.0, 3.0]), "popularity", torch.device("cpu"))
+    sampler.reseed(1)
+    draws = sampler(40_000).numpy()
+    assert set(np.unique(draws)) == {1, 2}
+    assert (draws == 2).mean() == pytest.approx(0.75, abs=0.02)
+
+
+# --------------------------------------------------------------------------- distributed
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_two_gloo_processes_learn_the_planted_structure(spark, tmp_path):
+    from pyspark import cloudpickle
+
+    from recsys_spark.train import data, distributed
+
+    # TinyMF lives in this test module, which the torchrun processes cannot import: ship it by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    train, held = planted()
+    rows = rows_df(spark, train)
+    examples = data.training_examples(rows, input_kind="pairs", needs_history=False, n_items=N_ITEMS,
+                                      history_length=4)
+    held_df = spark.createDataFrame(held, "user_index int, item_index int")
+    val_frames = data.validation_examples(rows, held_df, n_items=N_ITEMS, history_length=4)
+    pdata = data.materialise(spark, examples, cache_dir=str(tmp_path / "cache"), shard_count=2, seed=1,
+                             validation=val_frames)
+    job = distributed.WorkerJob(
+        model_name="tiny_mf", model_class=TinyMF, build_kwargs={"n_users": N_USERS, "n_items": N_ITEMS, "params": {}},
+        data=pdata, settings=_settings(epochs=12, patience=3), item_counts=data.item_counts(rows, N_ITEMS),
+        batch_size=32, checkpoint_dir=str(tmp_path / "ck"), run_key="t",
+        threads_per_process=1, use_gpu=False,
+    )
+    try:
+        result = distributed.run(spark, job, num_processes=2)
+    finally:
+        pdata.delete()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+    val = validation_of(train, held)
+    model = TinyMF.build(n_users=N_USERS, n_items=N_ITEMS)
+    model.load_state_dict(loop.state_dict_from_bytes(result["state_dict"]))
+    learnt = local_metrics.evaluate_model(model, val, metric="ndcg_at_5", device="cpu")
+    pop = torch.as_tensor(counts_of(train), dtype=torch.float32)
+    popularity = local_metrics.evaluate(lambda r: pop.expand(len(val.users[r]), -1), N_USERS, val.seen,
+                                        val.relevant, metric="ndcg_at_5")
+    assert learnt == pytest.approx(result["best_metric"])  # rank 0 validated the model it returned
+    assert learnt > popularity + 0.2, (learnt, popularity)
+    # Both processes stepped: each epoch's samples cover (about) every training pair once.
+    assert all(h["steps"] >= 3 for h in result["history"])
+    assert sum(h["samples_per_s"] * h["seconds"] for h in result["history"][:1]) == pytest.approx(
+        len(train), rel=0.35)
+
+
+# --------------------------------------------------------------------------- the job
+
+
+def _registered(name):
+    from recsys_spark.models import registry
+
+    return name in registry.names() and importlib.util.find_spec("recsys_spark.models.torch_scorer") is not None
+
+
+def _write_planted_warehouse(spark, wh):
+    """index tables, items (with genres and year) and a split from the planted data:
+    train = the 6 training items, validation / test = one held-out item each."""
+    from recsys_spark import io
+    from recsys_spark.schemas import ITEM_INDEX_TABLE, ITEMS, SPLIT, USER_INDEX_TABLE
+
+    train, held = planted()
+    day = dt.date(2026, 1, 1)
+    io.write_table(spark.createDataFrame([(f"u{u}", u, day) for u in range(N_USERS)],
+                                         "user_id string, user_index int, first_indexed date"), wh, USER_INDEX_TABLE)
+    io.write_table(spark.createDataFrame([(f"i{i}", i, day) for i in range(N_ITEMS)],
+                                         "item_id string, item_index int, first_indexed date"), wh, ITEM_INDEX_TABLE)
+    items = [(i, f"i{i}", 1, 1, T0, T0, f"t{i}", 1990 + i % 7, [f"g{i // ITEMS_PER_GROUP}"]) for i in range(N_ITEMS)]
+    io.write_table(spark.createDataFrame(items, "item_index int, item_id string, popularity long, n_events long, "
+                   "first_seen timestamp, last_seen timestamp, title string, year int, genres array<string>"),
+                   wh, ITEMS)
+    rows = [(u, i, 1.0, T0 + dt.timedelta(hours=t), "warm", "train") for u, i, t in train]
+    rows += [(u, i, 1.0, T0 + dt.timedelta(days=2), "warm", "validation" if n % 2 == 0 else "test")
+             for n, (u, i) in enumerate(held)]
+    io.write_table(spark.createDataFrame(rows, "user_index int, item_index int, weight float, last_time timestamp, "
+                                         "segment string, fold string"), wh, SPLIT)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
+def test_train_neural_job_end_to_end(spark, tmp_path):
+    """jobs/train_neural.py on the planted warehouse: factor tables, metadata, eval recs."""
+    from recsys_spark import io, model_eval
+    from recsys_spark.models import artifacts
+    from recsys_spark.schemas import EVAL_RECS, ITEM_FACTORS, USER_FACTORS
+
+    wh = str(tmp_path / "wh")
+    _write_planted_warehouse(spark, wh)
+    spec = importlib.util.spec_from_file_location("train_neural", REPO / "jobs" / "train_neural.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    report = job.main([
+        "--model", "two_tower", "--warehouse", wh,
+        "--set", "neural.epochs=3", "--set", "neural.batch_size=64", "--set", "neural.learning_rate=0.01",
+        "--set", "evaluation.ks=[5]", "--set", "evaluation.primary_metric=ndcg_at_5",
+        "--set", f"neural.cache_dir={tmp_path / 'cache'}", "--set", f"neural.checkpoint_dir={tmp_path / 'ck'}",
+        "--set", "neural.models={two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}",
+    ])
+    meta = artifacts.load_metadata(spark, wh, "two_tower")
+    assert meta["kind"] == artifacts.KIND_DOT_PRODUCT and meta["item_features"] == ["genres", "year"]
+    assert 1 <= meta["best_epoch"] <= 3 and "ndcg_at_5" in meta["metrics"]["validation"]
+    # The trainer's own validation number is the evaluation library's (same model, users, definition).
+    assert report["ndcg_at_5_validation"] == pytest.approx(report["ndcg_at_5_validation_in_trainer"], abs=1e-6)
+    users = io.read_table(spark, wh, USER_FACTORS, path=io.table_path(wh, USER_FACTORS, model="two_tower"))
+    items = io.read_table(spark, wh, ITEM_FACTORS, path=io.table_path(wh, ITEM_FACTORS, model="two_tower"))
+    assert users.count() == N_USERS and items.count() == N_ITEMS
+    recs = model_eval.read_eval_recs(spark, wh, "two_tower", "test")
+    assert [(f.name, f.dataType) for f in recs.schema] == [(f.name, f.dataType) for f in EVAL_RECS.schema]
+    assert recs.groupBy("user_index").count().agg({"count": "min"}).first()[0] == 5
+    assert not any((tmp_path / "cache").iterdir()) and not list((tmp_path / "ck").rglob("*.pt"))

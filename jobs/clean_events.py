@@ -1,0 +1,41 @@
+"""Validate, normalise and deduplicate the raw events of `dataset.source`.
+
+    scripts/submit.sh jobs/clean_events.py --dataset synthetic [--reference-time 2026-03-02T00:00:00Z]
+
+Writes `events_clean` (by event_date) and `quarantine` (by reason) and the run
+report `<warehouse>/reports/clean_events/<run_id>.json`; fails (exit 1) when the
+source is missing or does not match its config, and when
+input rows != clean + duplicates + quarantined.
+"""
+from __future__ import annotations
+
+import sys
+
+from recsys_spark import cleaning, sources
+from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.session import build_spark
+
+
+def add_args(parser) -> None:
+    parser.add_argument(
+        "--reference-time",
+        default=None,
+        help="ISO time that counts as 'now' for the future-timestamp check (default: the current time)",
+    )
+    parser.add_argument("--run-id", default=None, help="names the report (default: UTC time + random suffix)")
+
+
+def main(argv=None) -> dict:
+    args, cfg = parse_job_args(__doc__, argv, add_args)
+    spark = build_spark(cfg, "clean_events")
+    try:
+        report = cleaning.run_clean(spark, cfg, reference_time=args.reference_time, run_id=args.run_id)
+    except (FileNotFoundError, sources.SourceError, cleaning.ReconciliationError) as exc:
+        print(f"clean_events: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+    print_report("clean_events", report)
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,434 @@
+"""Validating, normalising and deduplicating raw events.
+
+Input: the canonical string columns of :func:`recsys_spark.sources.read_source`.
+Output tables: ``events_clean`` and ``quarantine`` (:mod:`recsys_spark.schemas`).
+
+Every input row ends in exactly one place, and :func:`run_clean` checks it:
+
+    input rows = clean rows + duplicates + quarantined rows
+
+* a row failing a check goes to quarantine with the reason code of the first
+  failing check, in the order of :data:`REASON_CODES`;
+* valid rows are deduplicated (by ``event_id`` when present, else by the full
+  key user, item, type, time, value); the extra copies are *duplicates*;
+* users with more than ``clean.bot.max_events_per_minute`` distinct events in
+  any 60-second window are bots: all their remaining rows go to quarantine
+  with ``bot_user``;
+* what is left is clean.
+
+The transforms (``validate_events``, ``mark_duplicates``, ``find_bot_users``,
+``flag_bot_users``, ``to_events_clean``, ``to_quarantine``) are pure functions
+of DataFrames; :func:`run_clean` is the one function here that reads and writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import time
+import uuid
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType
+
+from recsys_spark import io, sources
+from recsys_spark.config import CleanConf, Config
+from recsys_spark.schemas import (
+    EVENT_DATE,
+    EVENT_ID,
+    EVENT_TIME,
+    EVENT_TYPE,
+    EVENTS_CLEAN,
+    ITEM_ID,
+    QUARANTINE,
+    SESSION_ID,
+    SOURCE_FILE,
+    USER_ID,
+    VALUE,
+)
+
+REASON_MALFORMED = "malformed_record"
+REASON_MISSING_USER = "missing_user_id"
+REASON_MISSING_ITEM = "missing_item_id"
+REASON_UNKNOWN_TYPE = "unknown_event_type"
+REASON_INVALID_TS = "invalid_timestamp"
+REASON_TOO_OLD = "timestamp_too_old"
+REASON_FUTURE = "timestamp_in_future"
+REASON_INVALID_VALUE = "invalid_value"
+REASON_BOT = "bot_user"
+# In check order: a row gets the first reason that applies.
+REASON_CODES = (
+    REASON_MALFORMED,
+    REASON_MISSING_USER,
+    REASON_MISSING_ITEM,
+    REASON_UNKNOWN_TYPE,
+    REASON_INVALID_TS,
+    REASON_TOO_OLD,
+    REASON_FUTURE,
+    REASON_INVALID_VALUE,
+    REASON_BOT,
+)
+
+RATING = "rating"
+BOT_IDS_IN_REPORT = 50  # the report lists at most this many bot user ids
+REASON = "reason"
+DETAIL = "detail"
+IS_DUPLICATE = "is_duplicate"
+IS_BOT = "is_bot"
+# Parsed values live beside the raw strings (which stay untouched, so that
+# the quarantine can show the record as it came).
+P_EVENT_ID, P_TYPE, P_TIME, P_VALUE = "_event_id", "_event_type", "_event_time", "_value"
+
+# ISO 8601 as sources write it: a date, optionally a time (T or space) with
+# optional seconds and fraction, and an optional Z / +hh:mm offset. Spark's
+# cast alone is too lenient (it reads "2026-01-05T1" as 01:00).
+ISO_8601 = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+# Bounded digit counts keep epoch values inside Spark's timestamp range.
+EPOCH_S = r"^-?\d{1,12}(\.\d{1,6})?$"
+EPOCH_MS = r"^-?\d{1,15}(\.\d{1,3})?$"
+NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$"  # no NaN, Infinity or Java's "4d"
+
+
+class ReconciliationError(RuntimeError):
+    """input rows != clean + duplicates + quarantined: a row was lost or counted twice."""
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_event_time(col: Column, *, timestamp_format: str) -> Column:
+    """A raw time string as a UTC timestamp, or null when it does not parse.
+
+    Args:
+        col: string column.
+        timestamp_format: ``iso8601`` (no offset means UTC), ``epoch_s`` or
+            ``epoch_ms`` (fractions allowed).
+    """
+    text = F.trim(col)
+    if timestamp_format == "iso8601":
+        # The session time zone is UTC (session.build_spark): no offset means UTC.
+        return F.when(text.rlike(ISO_8601), text.cast("timestamp"))
+    if timestamp_format == "epoch_s":
+        return F.when(text.rlike(EPOCH_S), F.timestamp_micros((text.cast("decimal(19,6)") * 1_000_000).cast("long")))
+    if timestamp_format == "epoch_ms":
+        return F.when(text.rlike(EPOCH_MS), F.timestamp_micros((text.cast("decimal(19,3)") * 1_000).cast("long")))
+    raise ValueError(f"timestamp_format must be iso8601, epoch_s or epoch_ms, got '{timestamp_format}'")
+
+
+def _blank(col: Column) -> Column:
+    return col.isNull() | (F.trim(col) == "")
+
+
+def _utc(ts: dt.datetime | str) -> dt.datetime:
+    value = dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts
+    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
+
+
+# --------------------------------------------------------------------------- transforms
+
+
+def validate_events(
+    df: DataFrame,
+    *,
+    event_types: list[str],
+    timestamp_format: str,
+    min_time: dt.datetime | str,
+    max_time: dt.datetime | str,
+    rating_min: float,
+    rating_max: float,
+    fixed_event_type: str | None = None,
+) -> DataFrame:
+    """Check every row; add the parsed values, a reason code and a detail.
+
+    Args:
+        df: canonical string columns plus ``corrupt_record`` (``sources.read_source``).
+        event_types: accepted types (compared trimmed and lower-cased).
+        timestamp_format: see :func:`parse_event_time`.
+        min_time: earlier events are ``timestamp_too_old`` (naive means UTC).
+        max_time: later events are ``timestamp_in_future``.
+        rating_min, rating_max: a rating's value must lie in this range.
+        fixed_event_type: the type of every row, for sources without a type column.
+
+    Returns:
+        ``df`` plus ``_event_id``, ``_event_type``, ``_event_time``, ``_value``
+        (parsed) and ``reason``/``detail`` (null for valid rows). Values are
+        numbers when present; a rating without a value is invalid.
+    """
+    lo, hi = _utc(min_time), _utc(max_time)
+    etype = F.lit(fixed_event_type) if fixed_event_type else F.lower(F.trim(F.col(EVENT_TYPE)))
+    ts = parse_event_time(F.col(sources.TIMESTAMP), timestamp_format=timestamp_format)
+    raw_value = F.trim(F.col(VALUE))
+    number = F.when(raw_value.rlike(NUMBER), raw_value.cast("double"))
+    value_given = ~_blank(F.col(VALUE))
+    df = df.select(
+        "*",
+        F.nullif(F.trim(F.col(EVENT_ID)), F.lit("")).alias(P_EVENT_ID),
+        etype.alias(P_TYPE),
+        ts.alias(P_TIME),
+        number.alias(P_VALUE),
+    )
+    t, v = F.col(P_TIME), F.col(P_VALUE)
+    is_rating = F.col(P_TYPE) == RATING
+    checks: list[tuple[Column, str, Column]] = [
+        (F.col(sources.CORRUPT_RECORD).isNotNull(), REASON_MALFORMED, F.lit("record could not be parsed")),
+        (F.col(USER_ID).isNull(), REASON_MISSING_USER, F.lit("no user id")),
+        (_blank(F.col(USER_ID)), REASON_MISSING_USER, F.lit("empty user id")),
+        (F.col(ITEM_ID).isNull(), REASON_MISSING_ITEM, F.lit("no item id")),
+        (_blank(F.col(ITEM_ID)), REASON_MISSING_ITEM, F.lit("empty item id")),
+        (
+            F.col(P_TYPE).isNull() | ~F.col(P_TYPE).isin(*event_types),
+            REASON_UNKNOWN_TYPE,
+            F.concat(F.lit("event type '"), F.coalesce(F.col(EVENT_TYPE), F.lit("<none>")), F.lit("' not in "),
+                     F.lit(", ".join(event_types))),
+        ),
+        (
+            t.isNull(),
+            REASON_INVALID_TS,
+            F.concat(F.lit("cannot parse '"), F.coalesce(F.col(sources.TIMESTAMP), F.lit("<none>")),
+                     F.lit(f"' as {timestamp_format}")),
+        ),
+        (t < F.lit(lo), REASON_TOO_OLD, F.concat(F.lit("before "), F.lit(lo.isoformat()), F.lit(": "), t.cast("string"))),
+        (t > F.lit(hi), REASON_FUTURE, F.concat(F.lit("after "), F.lit(hi.isoformat()), F.lit(": "), t.cast("string"))),
+        (
+            value_given & v.isNull(),
+            REASON_INVALID_VALUE,
+            F.concat(F.lit("value '"), F.col(VALUE), F.lit("' is not a number")),
+        ),
+        (is_rating & ~value_given, REASON_INVALID_VALUE, F.lit("rating without a value")),
+        (
+            is_rating & ((v < rating_min) | (v > rating_max)),
+            REASON_INVALID_VALUE,
+            F.concat(F.lit("rating "), v.cast("string"), F.lit(f" outside [{rating_min}, {rating_max}]")),
+        ),
+    ]
+    reason, detail = F.lit(None).cast(StringType()), F.lit(None).cast(StringType())
+    for cond, code, text in reversed(checks):  # folded from the last so the first check wins
+        reason = F.when(cond, F.lit(code)).otherwise(reason)
+        detail = F.when(cond, text).otherwise(detail)
+    return df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+
+
+def mark_duplicates(
+    df: DataFrame,
+    *,
+    id_col: str = P_EVENT_ID,
+    key_cols: tuple[str, ...] = (USER_ID, ITEM_ID, P_TYPE, P_TIME, P_VALUE),
+    order_cols: tuple[str, ...] = (P_TIME, SOURCE_FILE, USER_ID, ITEM_ID, P_TYPE, P_VALUE, SESSION_ID),
+) -> DataFrame:
+    """Add ``is_duplicate``: true on every row but one per event.
+
+    An event is identified by ``id_col`` when it is not null, else by all of
+    ``key_cols``; within an event the first row by ``order_cols`` is kept, so
+    the choice is deterministic (rows equal in all of them are identical).
+    """
+    # Rows with an id group by (id, null); rows without by (null, key).
+    key = F.when(F.col(id_col).isNull(), F.struct(*key_cols))
+    w = Window.partitionBy(F.col(id_col), key).orderBy(*[F.col(c).asc_nulls_last() for c in order_cols])
+    return df.withColumn(IS_DUPLICATE, F.row_number().over(w) > 1)
+
+
+def find_bot_users(
+    df: DataFrame,
+    *,
+    max_events_per_minute: int,
+    user_col: str = USER_ID,
+    time_col: str = P_TIME,
+) -> DataFrame:
+    """Users with more than ``max_events_per_minute`` rows inside any 60-second window.
+
+    Args:
+        df: one row per event (deduplicated), with ``user_col`` and ``time_col``.
+
+    Returns:
+        One column ``user_col``, one row per bot user.
+    """
+    n = max_events_per_minute
+    # Any 60 s window lies within two consecutive calendar minutes, so a bot
+    # has more than n/2 events in some calendar minute: a cheap aggregation
+    # finds the candidates, and only their events go through the exact
+    # sliding-window count (a sort), not every user's.
+    candidates = (
+        df.groupBy(user_col, F.date_trunc("minute", F.col(time_col)).alias("_minute"))
+        .count()
+        .where(F.col("count") * 2 > n)
+        .select(user_col)
+        .distinct()
+    )
+    ms = df.select(user_col, F.unix_millis(F.col(time_col)).alias("_ms")).join(candidates, user_col, "left_semi")
+    window = Window.partitionBy(user_col).orderBy("_ms").rangeBetween(0, 59_999)
+    return (
+        ms.withColumn("_n", F.count(F.lit(1)).over(window))
+        .where(F.col("_n") > n)
+        .select(user_col)
+        .distinct()
+    )
+
+
+def flag_bot_users(df: DataFrame, bots: DataFrame, *, user_col: str = USER_ID) -> DataFrame:
+    """Add ``is_bot``: whether the row's user is in ``bots`` (one column ``user_col``)."""
+    # Bots are a handful of users: broadcast them rather than shuffle every event.
+    flagged = F.broadcast(bots.select(user_col).withColumn(IS_BOT, F.lit(True)))
+    return df.join(flagged, user_col, "left").withColumn(IS_BOT, F.coalesce(F.col(IS_BOT), F.lit(False)))
+
+
+def to_events_clean(df: DataFrame) -> DataFrame:
+    """Valid rows (parsed columns) in the ``events_clean`` layout."""
+    return df.select(
+        F.col(P_EVENT_ID).alias(EVENT_ID),
+        F.col(USER_ID),
+        F.col(ITEM_ID),
+        F.col(P_TYPE).alias(EVENT_TYPE),
+        F.col(P_TIME).alias(EVENT_TIME),
+        F.col(P_VALUE).alias(VALUE),
+        F.nullif(F.trim(F.col(SESSION_ID)), F.lit("")).alias(SESSION_ID),
+        F.col(SOURCE_FILE),
+        F.to_date(F.col(P_TIME)).alias(EVENT_DATE),
+    )
+
+
+def to_quarantine(df: DataFrame, *, raw_record: Column, run_id: str) -> DataFrame:
+    """Rows with a ``reason`` in the ``quarantine`` layout.
+
+    Args:
+        raw_record: how to render the raw record (``sources.raw_record_column``).
+    """
+    return df.select(
+        raw_record.alias("raw_record"),
+        F.col(SOURCE_FILE),
+        F.col(REASON).alias("reason"),
+        F.col(DETAIL).alias("detail"),
+        F.lit(run_id).alias("run_id"),
+    )
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def run_clean(
+    spark: SparkSession,
+    cfg: Config,
+    *,
+    reference_time: dt.datetime | str | None = None,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Clean ``cfg.dataset.source`` into ``events_clean`` and ``quarantine``; write the run report.
+
+    Args:
+        reference_time: "now" for the future-timestamp check (default: the
+            current time); pass a fixed one for reproducible runs.
+        run_id: names the report and tags quarantine rows (default: time + random).
+
+    Returns:
+        The report written to ``<warehouse>/reports/clean_events/<run_id>.json``.
+
+    Raises:
+        FileNotFoundError / sources.SourceError: the source is missing or does
+            not match its config.
+        ReconciliationError: input rows != clean + duplicates + quarantined
+            (checked before anything is written, and again on what was written).
+    """
+    started = time.monotonic()
+    clean: CleanConf = cfg.clean
+    src = cfg.dataset.source
+    ref = _utc(reference_time) if reference_time is not None else dt.datetime.now(dt.timezone.utc)
+    run_id = run_id or new_run_id()
+
+    raw = sources.read_source(spark, src).drop(sources.RAW_RECORD)  # rendered again for quarantine rows only
+    validated = validate_events(
+        raw,
+        event_types=clean.event_types,
+        timestamp_format=src.timestamp_format,
+        min_time=clean.min_timestamp,
+        max_time=ref + dt.timedelta(hours=clean.max_future_hours),
+        rating_min=clean.rating_min,
+        rating_max=clean.rating_max,
+        fixed_event_type=src.fixed_event_type if src.columns.event_type is None else None,
+    )
+    # Parsing the source is the costliest step, and its rows feed the counts,
+    # the quarantine and the dedupe: parse once. MEMORY_AND_DISK so a source
+    # larger than the cache spills instead of being re-parsed.
+    validated = validated.persist(StorageLevel.MEMORY_AND_DISK)
+    marked = mark_duplicates(validated.where(F.col(REASON).isNull()))
+    bots = find_bot_users(marked.where(~F.col(IS_DUPLICATE)), max_events_per_minute=clean.bot.max_events_per_minute)
+    # The dedupe sort and the bot join feed both outputs and the counts: keep them.
+    flagged = flag_bot_users(marked, bots).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        report = _count_and_write(spark, cfg, validated, flagged, run_id, ref)
+    finally:
+        flagged.unpersist()
+        validated.unpersist()
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    io.write_json(spark, io.report_path(cfg.warehouse, "clean_events", run_id), report)
+    return report
+
+
+def _count_and_write(
+    spark: SparkSession, cfg: Config, validated: DataFrame, flagged: DataFrame, run_id: str, ref: dt.datetime
+) -> dict[str, Any]:
+    # Counts come from small aggregates over the cached frames (a few rows each).
+    by_reason = {r[REASON]: r["count"] for r in validated.groupBy(REASON).count().collect()}
+    input_rows = sum(by_reason.values())
+    valid_rows = by_reason.pop(None, 0)
+    # Bots are few by construction (see flag_bot_users): their ids fit in a set.
+    groups = (
+        flagged.groupBy(IS_DUPLICATE, IS_BOT, P_TYPE)
+        .agg(F.count(F.lit(1)).alias("count"), F.collect_set(F.when(F.col(IS_BOT), F.col(USER_ID))).alias("bots"))
+        .collect()
+    )
+    duplicates = sum(r["count"] for r in groups if r[IS_DUPLICATE])
+    bot_rows = sum(r["count"] for r in groups if r[IS_BOT] and not r[IS_DUPLICATE])
+    bot_users = sorted({u for r in groups for u in r["bots"]})
+    by_type = {r[P_TYPE]: r["count"] for r in groups if not r[IS_DUPLICATE] and not r[IS_BOT]}
+    clean_rows = sum(by_type.values())
+    if bot_rows:
+        by_reason[REASON_BOT] = bot_rows
+    quarantined = sum(by_reason.values())
+    if valid_rows != duplicates + bot_rows + clean_rows or input_rows != clean_rows + duplicates + quarantined:
+        raise ReconciliationError(
+            f"input {input_rows} != clean {clean_rows} + duplicates {duplicates} + quarantined {quarantined}"
+        )
+
+    raw_record = sources.raw_record_column(cfg.dataset.source)
+    bad = validated.where(F.col(REASON).isNotNull())
+    bot_rows_df = flagged.where(F.col(IS_BOT) & ~F.col(IS_DUPLICATE)).withColumn(REASON, F.lit(REASON_BOT)).withColumn(
+        DETAIL, F.lit(f"more than {cfg.clean.bot.max_events_per_minute} events in a minute")
+    )
+    quarantine = to_quarantine(bad, raw_record=raw_record, run_id=run_id).unionByName(
+        to_quarantine(bot_rows_df, raw_record=raw_record, run_id=run_id)
+    )
+    q_path = io.write_table(quarantine, cfg.warehouse, QUARANTINE)
+    clean_df = to_events_clean(flagged.where(~F.col(IS_DUPLICATE) & ~F.col(IS_BOT)))
+    c_path = io.write_table(clean_df, cfg.warehouse, EVENTS_CLEAN)
+
+    # What was written must hold exactly what was counted (Parquet counts are metadata reads).
+    written_clean = io.read_table(spark, cfg.warehouse, EVENTS_CLEAN).count()
+    written_q = io.read_table(spark, cfg.warehouse, QUARANTINE).count()
+    if written_clean != clean_rows or written_q != quarantined:
+        raise ReconciliationError(
+            f"written rows differ from counted: events_clean {written_clean} vs {clean_rows}, "
+            f"quarantine {written_q} vs {quarantined}"
+        )
+    return {
+        "run_id": run_id,
+        "dataset": cfg.dataset.name,
+        "source_path": cfg.dataset.source.path,
+        "reference_time": ref.isoformat(),
+        "input_rows": input_rows,
+        "clean_rows": clean_rows,
+        "duplicates": duplicates,
+        "quarantined_rows": quarantined,
+        "quarantined_by_reason": {r: by_reason.get(r, 0) for r in REASON_CODES},
+        "events_by_type": {t: by_type.get(t, 0) for t in sorted(set(cfg.clean.event_types) | set(by_type))},
+        "bot_users": len(bot_users),
+        "bot_user_ids": bot_users[:BOT_IDS_IN_REPORT],
+        "reconciles": True,
+        "outputs": {"events_clean": c_path, "quarantine": q_path},
+        "config": {"dataset": dataclasses.asdict(cfg.dataset), "clean": dataclasses.asdict(cfg.clean)},
+    }

@@ -196,6 +196,15 @@ def tensor_loader_factory(
     return factory
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MiB)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB on Linux
+
+
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
@@ -333,15 +342,17 @@ def train(
         seconds = time.perf_counter() - started
         if steps == 0:
             raise RuntimeError(f"epoch {epoch + 1}: no training batches (is this rank's shard empty?)")
-        totals = torch.tensor([float(loss_sum), rows, seconds], dtype=torch.float64, device=_comm_device(device)
-                              if world > 1 else device)
+        # [loss sum, rows] summed over ranks; [seconds, peak memory] the worst rank's.
+        comm = _comm_device(device) if world > 1 else torch.device("cpu")
+        summed = torch.tensor([float(loss_sum), rows], dtype=torch.float64, device=comm)
+        worst = torch.tensor([seconds, _peak_rss_mb()], dtype=torch.float64, device=comm)
         if world > 1:
-            dist.all_reduce(totals[:2], op=dist.ReduceOp.SUM)
-            slowest = totals[2:].clone()
-            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-            totals[2] = slowest[0]
-        loss_mean = float(totals[0] / max(float(totals[1]), 1.0))
-        samples_per_s = float(totals[1]) / max(float(totals[2]), 1e-9)
+            dist.all_reduce(summed, op=dist.ReduceOp.SUM)
+            dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+        totals = [float(summed[0]), float(summed[1]), float(worst[0])]
+        peak_mb = float(worst[1])
+        loss_mean = totals[0] / max(totals[1], 1.0)
+        samples_per_s = totals[1] / max(totals[2], 1e-9)
 
         # Validation and the early-stopping decision on rank 0, then shared.
         metric, improved = math.nan, True
@@ -365,13 +376,13 @@ def train(
         if rank == 0:
             record = {"epoch": epoch + 1, "loss": loss_mean, "samples_per_s": samples_per_s,
                       "samples_per_s_per_process": samples_per_s / world, "seconds": float(totals[2]),
-                      "steps": steps, settings.metric: metric}
+                      "steps": steps, "peak_rss_mb": peak_mb, settings.metric: metric}
             history.append(record)
             shown = f"{settings.metric} {metric:.4f} (best {best_metric:.4f} @ epoch {best_epoch + 1})" \
                 if validation is not None else "no validation"
             log(f"epoch {epoch + 1}/{settings.epochs} loss {loss_mean:.4f} "
                 f"samples/s {samples_per_s:,.0f} ({samples_per_s / world:,.0f} per process, {world} process(es)) "
-                f"{shown} [{float(totals[2]):.1f}s]")
+                f"{shown} [{float(totals[2]):.1f}s, peak {peak_mb:.0f} MiB/process]")
             if checkpoint_dir is not None:
                 ckpt.save(checkpoint_dir, {
                     "run_key": run_key, "epoch": epoch + 1, "model": _cpu_state(model),

@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Throughput of the neural trainer's data path: Petastorm + DDP vs in-memory tensors.
+
+The same model and the same training loop (recsys_spark.train.loop) are fed
+three ways, on the same synthetic pairs:
+
+* in-memory: the pairs as torch tensors in one process (no Spark, no Parquet):
+  the ceiling the data path is measured against;
+* Petastorm, 1 process: Spark -> Parquet -> Petastorm shard -> the loop, under
+  TorchDistributor (local_mode=False: a Spark barrier task running torchrun);
+* Petastorm + DDP, 2 processes (gloo on CPU): each process reads its shard.
+
+Every process gets one torch thread (2 processes fill this machine's 2 cores),
+so samples/s per process compare like with like; the target is >= 0.8 of the
+in-memory rate per process. Throughput is the mean of the epochs after the
+first (the first pays for reader start-up). Peak memory is the largest resident
+set of any training process (getrusage ru_maxrss).
+
+    .venv/bin/python scripts/bench_trainer.py --model neumf --pairs 300000 --epochs 3
+
+Prints a Markdown table and writes benchmarks/results/trainer_<model>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def synthetic_pairs(n_pairs: int, n_users: int, n_items: int, seed: int):
+    """Distinct (user, item) pairs with Zipf-like item popularity, and a time per pair."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, n_items + 1) ** 0.8
+    users = rng.integers(0, n_users, int(n_pairs * 1.2))
+    items = rng.choice(n_items, int(n_pairs * 1.2), p=pop / pop.sum())
+    codes = np.unique(users.astype(np.int64) * n_items + items)[:n_pairs]
+    rng.shuffle(codes)
+    return (codes // n_items).astype(np.int32), (codes % n_items).astype(np.int32)
+
+
+def rates(history):
+    """(steady-state samples/s per process, first-epoch rate, peak MiB)."""
+    steady = history[1:] or history
+    per_proc = sum(h["samples_per_s_per_process"] for h in steady) / len(steady)
+    return per_proc, history[0]["samples_per_s_per_process"], max(h["peak_rss_mb"] for h in history)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="neumf", help="a registered neural model reading pairs")
+    parser.add_argument("--pairs", type=int, default=300_000)
+    parser.add_argument("--users", type=int, default=20_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=1024)
+    parser.add_argument("--processes", default="1,2", help="comma-separated process counts to run")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from recsys_spark.models import registry
+    from recsys_spark.train import loop
+
+    cls = registry.get(args.model)
+    if cls.input_kind != "pairs":
+        raise SystemExit(f"bench_trainer: model '{args.model}' reads {cls.input_kind}; pick one that reads pairs")
+    users, items = synthetic_pairs(args.pairs, args.users, args.items, args.seed)
+    counts = np.bincount(items, minlength=args.items).astype(np.float64)
+    settings = loop.TrainSettings(epochs=args.epochs, seed=args.seed, early_stopping=False, mixed_precision=False)
+    build = {"n_users": args.users, "n_items": args.items, "params": {}}
+    results = []
+
+    # 1. In memory, one process, before Spark starts (so its peak memory is its own).
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    tensors = {"user_index": torch.from_numpy(users.astype(np.int64)),
+               "item_index": torch.from_numpy(items.astype(np.int64)),
+               "weight": torch.ones(len(users))}
+    if cls.needs_history:
+        raise SystemExit("bench_trainer: pick a model without needs_history (the in-memory feed has no histories)")
+    out = loop.train(cls.build(**build), loop.tensor_loader_factory(tensors, batch_size=args.batch_size,
+                                                                    seed=args.seed),
+                     settings, item_counts=counts, device="cpu", log=lambda s: print("in-memory", s, flush=True))
+    steady, first, _ = rates(out["history"])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = steady
+    results.append({"feed": "in-memory tensors", "processes": 1, "samples_per_s_per_process": steady,
+                    "samples_per_s_total": steady, "first_epoch_per_process": first, "peak_rss_mb": peak,
+                    "ratio_to_in_memory": 1.0})
+
+    # 2. Petastorm (+ DDP) under TorchDistributor.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from recsys_spark.config import load_config
+    from recsys_spark.session import build_spark
+    from recsys_spark.train import data, distributed
+
+    cfg = load_config(overrides=["spark.extra={spark.ui.enabled: 'false'}"])
+    spark = build_spark(cfg, "bench_trainer")
+    with tempfile.TemporaryDirectory(prefix="bench-trainer-") as tmp:
+        src = Path(tmp) / "pairs.parquet"
+        pq.write_table(pa.table({"user_index": users, "item_index": items,
+                                 "weight": np.ones(len(users), dtype=np.float32),
+                                 "last_time": pa.array(np.zeros(len(users), dtype="datetime64[us]"))}), src)
+        rows = spark.read.parquet(str(src))
+        examples = data.training_examples(rows, input_kind="pairs", needs_history=False, n_items=args.items,
+                                          history_length=1)
+        for n_proc in [int(p) for p in args.processes.split(",")]:
+            started = time.perf_counter()
+            pdata = data.materialise(spark, examples, cache_dir=f"{tmp}/cache", shard_count=n_proc, seed=args.seed)
+            materialise_s = time.perf_counter() - started
+            job = distributed.WorkerJob(model_name=args.model, build_kwargs=build, data=pdata, settings=settings,
+                                        item_counts=counts, batch_size=args.batch_size, validate=False,
+                                        threads_per_process=1, use_gpu=False)
+            try:
+                started = time.perf_counter()
+                res = distributed.run(spark, job, num_processes=n_proc)
+                wall = time.perf_counter() - started
+            finally:
+                pdata.delete()
+            steady, first, peak = rates(res["history"])
+            results.append({"feed": "Petastorm + DDP" if n_proc > 1 else "Petastorm", "processes": n_proc,
+                            "samples_per_s_per_process": steady, "samples_per_s_total": steady * n_proc,
+                            "first_epoch_per_process": first, "peak_rss_mb": peak,
+                            "ratio_to_in_memory": steady / baseline, "materialise_s": materialise_s,
+                            "distributor_wall_s": wall, "parquet_files": pdata.files})
+    spark.stop()
+
+    header = ["feed", "processes", "samples/s per process", "samples/s total", "vs in-memory",
+              "first epoch /process", "peak RSS MiB/process"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in results:
+        lines.append(f"| {r['feed']} | {r['processes']} | {r['samples_per_s_per_process']:,.0f} | "
+                     f"{r['samples_per_s_total']:,.0f} | {r['ratio_to_in_memory']:.2f} | "
+                     f"{r['first_epoch_per_process']:,.0f} | {r['peak_rss_mb']:,.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    meta = {"model": args.model, "pairs": args.pairs, "users": args.users, "items": args.items,
+            "epochs": args.epochs, "batch_size": args.batch_size, "negatives_per_positive":
+            settings.negatives_per_positive, "threads_per_process": 1, "cpus": os.cpu_count(),
+            "load_average_at_end": os.getloadavg(), "python": platform.python_version(),
+            "torch": torch.__version__, "results": results, "table": table}
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = Path(args.out) / f"trainer_{args.model}.json"
+    path.write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

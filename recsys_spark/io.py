@@ -216,6 +216,10 @@ def read_table(
     where = path or table_path(warehouse, t)
     if not path_exists(spark, where):
         raise FileNotFoundError(f"table '{t.name}' not found at {where}: run the stage that writes it first")
+    if not [name for name in list_dir(spark, where) if not name.startswith(("_", "."))]:
+        # Written from no rows: no data file (a partitioned table not even a
+        # directory) to infer a schema from, e.g. a quarantine with nothing in it.
+        return spark.createDataFrame([], t.schema)
     df = spark.read.parquet(where)
     check_schema(df, t, where)
     # Parquet forgets non-nullability; restore column order and nullability.

@@ -1,0 +1,54 @@
+"""Publish the top-N recommendations per user for downstream readers.
+
+Serves the model named by `recommend.model` (null / best: the best on validation
+`evaluation.primary_metric`) to every user of the user_index table, recent
+popularity to users with too little history, and publishes
+<warehouse>/recommendations/run_date=D/ (+ _manifest.json, _SUCCESS) atomically,
+then <warehouse>/recommendations/_latest.json. See docs/tables.md#recommendations.
+
+    scripts/submit.sh jobs/recommend.py --dataset synthetic [--force] [--set recommend.model=als]
+
+Exit status: 0 published; 2 bad config; 3 refused by the quality gate (metric
+drop or coverage; --force publishes anyway and says so in the manifest);
+4 the output failed validation (never published, --force or not).
+"""
+from __future__ import annotations
+
+import sys
+
+from recsys_spark import recommend
+from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.config import ConfigError, run_date
+from recsys_spark.session import build_spark
+
+EXIT_REFUSED = 3
+EXIT_INVALID = 4
+
+
+def main(argv=None) -> dict:
+    args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
+        "--force", action="store_true", help="publish even when the quality gate fails (recorded in the manifest)"))
+    try:
+        recommend.check_conf(cfg.recommend)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    spark = build_spark(cfg, "recommend")
+    day = run_date(cfg)
+    try:
+        manifest = recommend.run(spark, cfg, run_date=day, force=args.force)
+    except recommend.QualityGateRefused as exc:
+        print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_REFUSED) from None
+    except recommend.ValidationFailed as exc:
+        print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
+        raise SystemExit(EXIT_INVALID) from None
+    report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",
+                                        "deleted_runs", "code_version")}
+    report["gate_failures_overridden"] = manifest["quality_gate"]["failures"] if manifest["forced"] else []
+    print_report("recommend", report)
+    return manifest
+
+
+if __name__ == "__main__":
+    main()

@@ -360,24 +360,36 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
         "_latest.json", "_staging", f"run_date={DAY1}"]
     assert list((root / "_staging").iterdir()) == []
 
+    # A bug that drops rows: the staged output fails validation and is not published.
+    real_finalize = recommend.finalize
+    monkeypatch.setattr(recommend, "finalize",
+                        lambda *a, **kw: real_finalize(*a, **kw).where("rank != 2"))
+    with pytest.raises(SystemExit) as exit_:
+        load_job("recommend").main(job_args(wh, DAY2))
+    assert exit_.value.code == 4
+    assert not run_dir(wh, DAY2).exists() and latest(wh)["run_date"] == DAY1
+
 
 @pytest.mark.spark
-def test_exclusion_list_and_mmr_diversity(spark, published_wh, tmp_path):
+def test_exclusion_list_then_mmr_diversity(spark, published_wh, tmp_path):
     wh = copy_wh(published_wh, tmp_path)
-    plain = read_run(wh, DAY1)
-    top = plain.item_id.value_counts().index[:2].tolist()
+    top = read_run(wh, DAY1).item_id.value_counts().index[:2].tolist()
     blocked = tmp_path / "blocked.csv"
     blocked.write_text("item_id\n" + "\n".join(top + ["not-an-item"]) + "\n")
-    load_job("recommend").main(job_args(wh, DAY2, f"recommend.exclude_items_path={blocked}",
-                                        "recommend.mmr_lambda=0.3"))
-    recs = read_run(wh, DAY2)
-    assert not recs.item_id.isin(top).any()
-    assert (recs.groupby("user_id").size() == N).all()
-    m = manifest(wh, DAY2)
-    assert m["reranked"] is True and m["mmr_similarity"] == "embedding"
-    assert m["inputs"]["exclude_items"]["unknown_ids"] == 1
+    load_job("recommend").main(job_args(wh, DAY2, f"recommend.exclude_items_path={blocked}"))
+    plain = read_run(wh, DAY2)
+    assert not plain.item_id.isin(top).any()
+    assert (plain.groupby("user_id").size() == N).all()  # the pool is refilled from the rest
+    assert manifest(wh, DAY2)["inputs"]["exclude_items"]["unknown_ids"] == 1
 
-    # MMR: lists are less alike inside (ALS item vectors, cosine) than the score order's.
+    # Same exclusions, MMR on: lists are less alike inside (ALS item vectors, cosine).
+    day3 = "2026-02-03"
+    load_job("recommend").main(job_args(wh, day3, f"recommend.exclude_items_path={blocked}",
+                                        "recommend.mmr_lambda=0.3"))
+    diverse = read_run(wh, day3)
+    assert not diverse.item_id.isin(top).any() and (diverse.groupby("user_id").size() == N).all()
+    m = manifest(wh, day3)
+    assert m["reranked"] is True and m["mmr_similarity"] == "embedding"
     factors = pd.read_parquet(Path(wh, "models/als/item_factors"))
     items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().merge(factors, on="item_index")
     unit = dict(zip(items.item_id, recommend.normalise_rows(np.stack(items.factors.to_numpy()))))
@@ -386,11 +398,15 @@ def test_exclusion_list_and_mmr_diversity(spark, published_wh, tmp_path):
         sims = []
         for _, group in df[df.source == "model"].groupby("user_id"):
             v = np.stack([unit[i] for i in group.item_id])
-            s = v @ v.T
-            sims.append(s[np.triu_indices(len(v), 1)].mean())
+            sims.append((v @ v.T)[np.triu_indices(len(v), 1)].mean())
         return float(np.mean(sims))
 
-    assert intra_list_similarity(recs) < intra_list_similarity(plain) - 0.05
+    assert intra_list_similarity(diverse) < intra_list_similarity(plain) - 0.1
+    # Each model user's MMR list starts with the same best item (the first pick is pure relevance).
+    def firsts(df):
+        return df[(df["rank"] == 1) & (df.source == "model")].set_index("user_id").item_id.sort_index()
+
+    pd.testing.assert_series_equal(firsts(diverse), firsts(plain))
 
 
 @pytest.mark.spark

@@ -277,6 +277,9 @@ def materialise(
     Args:
         cache_dir: local path or URL (Petastorm's parent cache dir); one
             subdirectory per table, removed by :meth:`PetastormData.delete`.
+            The training processes read it where they run: a local path only
+            serves executors on this machine; a multi-machine cluster needs a
+            shared filesystem URL (``hdfs://``, ``file:///`` on NFS).
     """
     _quiet_petastorm()
     from petastorm.spark import SparkDatasetConverter, make_spark_converter
@@ -297,12 +300,20 @@ def materialise(
         .sortWithinPartitions("_r")
         .drop("_r")
     )
-    train = make_spark_converter(shuffled)
+    def convert(df):
+        conv = make_spark_converter(df)
+        # Petastorm numbers row groups in the order of this list, which is
+        # Spark's inputFiles() order (a set's): sorted, the shards and the
+        # seeded row-group order are the same for the same data every run.
+        conv.file_urls = sorted(conv.file_urls)
+        return conv
+
+    train = convert(shuffled)
     val_users = val_labels = None
     if validation is not None:
         # Read whole by rank 0: a couple of files each is plenty.
-        val_users = make_spark_converter(validation[0].repartition(2))
-        val_labels = make_spark_converter(validation[1].repartition(2))
+        val_users = convert(validation[0].repartition(2))
+        val_labels = convert(validation[1].repartition(2))
     return PetastormData(train=train, rows=rows, files=files, val_users=val_users, val_labels=val_labels)
 
 

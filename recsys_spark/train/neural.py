@@ -185,7 +185,7 @@ def fit(
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
     started = time.time()
     pdata = data.materialise(
-        spark, examples, cache_dir=f"{nc.cache_dir.rstrip('/')}/{name}-{phase}", shard_count=nc.num_processes,
+        spark, examples, cache_dir=nc.cache_dir, shard_count=nc.num_processes,
         history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=validation,
     )
     try:

@@ -11,7 +11,8 @@ settings): one whose key differs from the current run's is stale (another
 model, other data) and is ignored, so a crashed run resumes but a new one
 starts fresh. Contents (see ``loop.train``): ``epoch`` (completed epochs),
 ``model`` and ``optimizer`` state dicts, ``scaler`` (mixed precision),
-``best_metric``, ``best_epoch``, ``bad_epochs``, ``best_model``, ``history``,
+``best_metric``, ``best_epoch``, ``bad_epochs``, ``best_model``, ``history``, ``step``
+(global step count, for schedules), ``finished``,
 ``rng`` (rank 0's torch RNG states; the loop also reseeds every epoch from
 (seed, epoch, rank), so a resumed epoch sees the same randomness).
 """

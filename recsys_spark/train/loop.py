@@ -274,7 +274,7 @@ def train(
     state = _broadcast_object(state, world, device)
     start_epoch, history = 0, []
     best_metric, best_epoch, bad_epochs, finished = -math.inf, -1, 0, False
-    best_state = None
+    best_state, resume_step = None, None
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -283,6 +283,7 @@ def train(
         start_epoch, history = int(state["epoch"]), list(state["history"])
         best_metric, best_epoch = float(state["best_metric"]), int(state["best_epoch"])
         bad_epochs, finished = int(state["bad_epochs"]), bool(state["finished"])
+        resume_step = int(state["step"])
         best_state = state["best_model"] if rank == 0 else None
         if rank == 0:
             torch.set_rng_state(state["rng"]["cpu"])
@@ -305,7 +306,7 @@ def train(
     if settings.max_steps_per_epoch:
         spe = min(spe, settings.max_steps_per_epoch)
     total_steps = max(1, settings.epochs * spe)
-    global_step = start_epoch * spe
+    global_step = resume_step if resume_step is not None else start_epoch * spe
     stopped_early = finished and start_epoch < settings.epochs
 
     epoch = start_epoch
@@ -385,7 +386,7 @@ def train(
                 f"{shown} [{float(totals[2]):.1f}s, peak {peak_mb:.0f} MiB/process]")
             if checkpoint_dir is not None:
                 ckpt.save(checkpoint_dir, {
-                    "run_key": run_key, "epoch": epoch + 1, "model": _cpu_state(model),
+                    "run_key": run_key, "epoch": epoch + 1, "step": global_step, "model": _cpu_state(model),
                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                     "best_metric": best_metric, "best_epoch": best_epoch, "bad_epochs": bad_epochs,
                     "finished": finished, "best_model": best_state, "history": history,

@@ -293,10 +293,13 @@ def train(
 
     wrapper = _LossModule(model)
     if world > 1:
-        # broadcast_buffers=False: the models' buffers are constant data (item
+        # forward_sync_buffers=False: the models' buffers are constant data (item
         # features), identical on every rank; re-sending them every step is waste.
+        # gradient_as_bucket_view: gradients live in the all-reduce buckets, saving
+        # a copy of every gradient (the embedding tables') per step.
         step_module = torch.nn.parallel.DistributedDataParallel(
-            wrapper, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+            wrapper, device_ids=[device.index] if device.type == "cuda" else None,
+            forward_sync_buffers=False, gradient_as_bucket_view=True,
         )
     else:
         step_module = wrapper
@@ -316,7 +319,7 @@ def train(
         model.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         rows, steps = 0, 0
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         with loader_factory(epoch) as loader:
             for raw in agreed_batches(loader, world_size=world, max_steps=settings.max_steps_per_epoch, device=device):
                 batch = to_device(raw, device)
@@ -341,16 +344,18 @@ def train(
                 steps += 1
                 global_step += 1
         seconds = time.perf_counter() - started
+        cpu_seconds = time.process_time() - cpu_started  # all threads of this process (the reader's too)
         if steps == 0:
             raise RuntimeError(f"epoch {epoch + 1}: no training batches (is this rank's shard empty?)")
-        # [loss sum, rows] summed over ranks; [seconds, peak memory] the worst rank's.
+        # [loss sum, rows, CPU seconds] summed over ranks; [seconds, peak memory] the worst rank's.
         comm = _comm_device(device) if world > 1 else torch.device("cpu")
-        summed = torch.tensor([float(loss_sum), rows], dtype=torch.float64, device=comm)
+        summed = torch.tensor([float(loss_sum), rows, cpu_seconds], dtype=torch.float64, device=comm)
         worst = torch.tensor([seconds, _peak_rss_mb()], dtype=torch.float64, device=comm)
         if world > 1:
             dist.all_reduce(summed, op=dist.ReduceOp.SUM)
             dist.all_reduce(worst, op=dist.ReduceOp.MAX)
         totals = [float(summed[0]), float(summed[1]), float(worst[0])]
+        cpu_total = float(summed[2])
         peak_mb = float(worst[1])
         loss_mean = totals[0] / max(totals[1], 1.0)
         samples_per_s = totals[1] / max(totals[2], 1e-9)
@@ -377,7 +382,10 @@ def train(
         if rank == 0:
             record = {"epoch": epoch + 1, "loss": loss_mean, "samples_per_s": samples_per_s,
                       "samples_per_s_per_process": samples_per_s / world, "seconds": float(totals[2]),
-                      "steps": steps, "peak_rss_mb": peak_mb, settings.metric: metric}
+                      "steps": steps, "peak_rss_mb": peak_mb,
+                      # Throughput per CPU-second: what a process achieves per core it actually got.
+                      "samples_per_cpu_s": totals[1] / max(cpu_total, 1e-9),
+                      settings.metric: metric}
             history.append(record)
             shown = f"{settings.metric} {metric:.4f} (best {best_metric:.4f} @ epoch {best_epoch + 1})" \
                 if validation is not None else "no validation"

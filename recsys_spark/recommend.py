@@ -411,14 +411,18 @@ def explain(recommended: np.ndarray, history: np.ndarray, unit_vectors: np.ndarr
     """For each recommended item, the history item most similar to it (cosine), -1 when none.
 
     The recommended item itself is never its own explanation (it can be in the
-    history when seen items are not excluded); ties go to the earlier history item.
+    history when seen items are not excluded), nor is an item without a vector
+    (a zero row: the model never saw it); ties go to the earlier history item.
     """
     out = np.full(len(recommended), -1, dtype=np.int64)
     history = np.asarray(history, dtype=np.int64)
     if len(recommended) == 0 or len(history) == 0:
         return out
-    sims = unit_vectors[recommended] @ unit_vectors[history].T
+    rec_vectors, hist_vectors = unit_vectors[recommended], unit_vectors[history]
+    sims = rec_vectors @ hist_vectors.T
     sims[np.asarray(recommended)[:, None] == history[None, :]] = -np.inf
+    sims[:, ~hist_vectors.any(axis=1)] = -np.inf
+    sims[~rec_vectors.any(axis=1), :] = -np.inf
     best = sims.argmax(axis=1)
     found = np.isfinite(sims[np.arange(len(recommended)), best])
     out[found] = history[best[found]]

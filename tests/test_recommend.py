@@ -55,9 +55,11 @@ def test_mmr_pads_short_rows_and_jaccard_similarity():
 
 
 def test_explain_picks_most_similar_history_item_never_itself():
-    unit = recommend.normalise_rows(np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9]], dtype=np.float32))
+    unit = recommend.normalise_rows(np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [0, 0]], dtype=np.float32))
     # history [0, 1]: item 2 is closest to 0, item 3 to 1; item 0 (in history) is explained by 1, not itself.
     assert recommend.explain(np.array([2, 3, 0]), np.array([0, 1]), unit).tolist() == [0, 1, 1]
+    # item 4 has no vector: it explains nothing and is explained by nothing
+    assert recommend.explain(np.array([2, 4]), np.array([4, 1]), unit).tolist() == [1, -1]
     assert recommend.explain(np.array([2]), np.array([], dtype=np.int64), unit).tolist() == [-1]
     assert recommend.explain(np.array([0]), np.array([0]), unit).tolist() == [-1]
 

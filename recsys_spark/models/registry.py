@@ -26,6 +26,6 @@ def get(name: str) -> type[RecModel]:
 
 
 # The registered neural models (each line: name -> its file's class).
-# register("neumf", "recsys_spark.models.neumf:NeuMF")
-# register("two_tower", "recsys_spark.models.two_tower:TwoTower")
-# register("multvae", "recsys_spark.models.multvae:MultVAE")
+register("neumf", "recsys_spark.models.neumf:NeuMF")
+register("two_tower", "recsys_spark.models.two_tower:TwoTower")
+register("multvae", "recsys_spark.models.multvae:MultVAE")

@@ -1,0 +1,202 @@
+"""Two-tower retrieval model trained with in-batch sampled softmax and log-q correction.
+
+Yi, Yang, Hong, Cheng, Heldt, Kumthekar, Zhao, Wei, Chi, "Sampling-Bias-Corrected
+Neural Modeling for Large Corpus Item Recommendations", RecSys 2019
+(https://doi.org/10.1145/3298689.3346996).
+
+* User tower: the user's id embedding concatenated with the mean of the
+  embeddings of their history items (the item id table is shared with the
+  item tower), through an MLP.
+* Item tower: the item's id embedding concatenated with the item's metadata
+  when ``item_features`` are given to ``build`` (e.g. multi-hot genres
+  [n_items, G] and a normalised year [n_items, 1]), through an MLP.
+
+Both towers end in ``output_dim`` vectors, L2-normalised by default, and a
+score is their dot product, so serving needs only ``user_vectors`` and
+``item_vectors``.
+
+Training: for a batch of B (user, positive item) pairs, logits are the B x B
+user x item similarities divided by ``temperature``, minus the log of each
+column item's in-batch sampling probability (the paper's eq. 3 correction;
+``ctx.item_log_q`` per item index, uniform when absent, which is a no-op).
+The softmax cross-entropy targets the diagonal. A column holding the row's
+own positive item again (a duplicate in the batch), or another positive of the
+same user, is not a negative and is masked. The user tower sees only the
+history before the target in that row (the batch history holds every training
+item, the target included): the model learns to predict what comes next from
+what came before, which is what serving asks of it with the full history.
+Without the cut it learns to point at the history (which serving excludes); with
+only the target removed it learns "the item missing from the history", which
+breaks once the history is complete.
+
+Item metadata is data, not weights: it is a non-persistent buffer, so a model
+is rebuilt with the same ``item_features`` before ``load_state_dict``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsys_spark.models.base import RecModel, TrainContext
+
+
+def _mlp(widths: list[int], dropout: float) -> nn.Sequential:
+    """Linear layers between ``widths``; ReLU (+ dropout) between them, none after the last."""
+    layers: list[nn.Module] = []
+    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+        layers.append(nn.Linear(w_in, w_out))
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+def feature_matrix(item_features: dict[str, torch.Tensor] | None, n_items: int) -> torch.Tensor:
+    """The item features as one float [n_items, F] matrix, columns in sorted-name order.
+
+    Raises:
+        ValueError: a feature does not have one row per item, or holds NaN/inf.
+    """
+    if not item_features:
+        return torch.zeros(n_items, 0)
+    columns = []
+    for name in sorted(item_features):
+        t = torch.as_tensor(item_features[name]).float()
+        if t.dim() == 1:
+            t = t[:, None]
+        if t.dim() != 2 or t.shape[0] != n_items:
+            raise ValueError(
+                f"model 'two_tower': item feature '{name}' must be [n_items={n_items}, F], got {list(t.shape)}"
+            )
+        if not torch.isfinite(t).all():
+            raise ValueError(f"model 'two_tower': item feature '{name}' holds NaN or inf")
+        columns.append(t)
+    return torch.cat(columns, dim=1)
+
+
+def history_before(history: torch.Tensor, items: torch.Tensor, pad: int) -> torch.Tensor:
+    """Each row's history up to (not including) its target item; the whole row when
+    the target is not in it (e.g. cut off by the history length). Histories are in
+    time order, so this is what the user had consumed before the target."""
+    hit = history == items[:, None]
+    found = hit.any(dim=1, keepdim=True)
+    position = torch.where(found, hit.long().argmax(dim=1, keepdim=True), torch.full_like(items[:, None], history.shape[1]))
+    after = torch.arange(history.shape[1], device=history.device)[None, :] >= position
+    return history.masked_fill(after, pad)
+
+
+class TwoTower(RecModel):
+    name: ClassVar[str] = "two_tower"
+    input_kind: ClassVar[str] = "pairs"
+    needs_history: ClassVar[bool] = True
+    dot_product: ClassVar[bool] = True
+    default_params: ClassVar[dict[str, Any]] = {
+        "embedding_dim": 64,  # user and item id embedding size (history items share the item table)
+        "tower_layers": [128],  # hidden widths of each tower's MLP ([] for a single linear layer)
+        "output_dim": 64,  # size of the user and item vectors
+        "normalize": True,  # L2-normalise both vectors (cosine similarity)
+        "temperature": 0.05,  # softmax temperature on the similarities (lower: sharper)
+        "logq_correction": True,  # subtract log q(item) from the logits (Yi et al. 2019)
+        "dropout": 0.0,  # dropout between tower layers
+    }
+
+    def __init__(
+        self,
+        *,
+        n_users: int,
+        n_items: int,
+        params: dict[str, Any],
+        item_features: dict[str, torch.Tensor] | None = None,
+    ):
+        super().__init__(n_users=n_users, n_items=n_items, params=params)
+        p = self.params
+        if not p["temperature"] > 0:
+            raise ValueError(f"model 'two_tower': temperature must be positive, got {p['temperature']}")
+        dim, out = int(p["embedding_dim"]), int(p["output_dim"])
+        hidden = [int(w) for w in p["tower_layers"]]
+        features = feature_matrix(item_features, n_items)
+        # Data, not weights: rebuilt from item_features, so not in the state dict.
+        self.register_buffer("item_feature_matrix", features, persistent=False)
+
+        self.user_embedding = nn.Embedding(n_users, dim)
+        # Row n_items is the history padding: zero and never updated.
+        self.item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=n_items)
+        self.user_tower = _mlp([2 * dim, *hidden, out], p["dropout"])
+        self.item_tower = _mlp([dim + features.shape[1], *hidden, out], p["dropout"])
+        nn.init.normal_(self.user_embedding.weight, std=0.1)
+        nn.init.normal_(self.item_embedding.weight, std=0.1)
+        with torch.no_grad():
+            self.item_embedding.weight[n_items].zero_()
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        n_users: int,
+        n_items: int,
+        params: dict[str, Any] | None = None,
+        item_features: dict[str, torch.Tensor] | None = None,
+    ) -> "TwoTower":
+        unknown = set(params or {}) - set(cls.default_params)
+        if unknown:
+            raise ValueError(f"model '{cls.name}': unknown parameter(s) {sorted(unknown)}; "
+                             f"known: {sorted(cls.default_params)}")
+        return cls(n_users=n_users, n_items=n_items, params=params or {}, item_features=item_features)
+
+    # ------------------------------------------------------------------ towers
+
+    def _finish(self, v: torch.Tensor) -> torch.Tensor:
+        return F.normalize(v, dim=-1) if self.params["normalize"] else v
+
+    def user_vectors(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
+        """[B, output_dim]. Padding (``n_items``) is found by value, so ``history_len`` is only a hint."""
+        mask = history != self.n_items
+        summed = self.item_embedding(history).sum(dim=1)  # the padding row is zero
+        mean = summed / mask.sum(dim=1, keepdim=True).clamp(min=1).to(summed.dtype)
+        return self._finish(self.user_tower(torch.cat([self.user_embedding(user_index), mean], dim=1)))
+
+    def _item_vectors_of(self, item_index: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([self.item_embedding(item_index), self.item_feature_matrix[item_index]], dim=1)
+        return self._finish(self.item_tower(x))
+
+    def item_vectors(self) -> torch.Tensor:
+        """[n_items, output_dim]."""
+        return self._item_vectors_of(torch.arange(self.n_items, device=self.item_embedding.weight.device))
+
+    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
+        """user_vectors @ item_vectors.T, [B, n_items] (no temperature: it does not change a ranking)."""
+        return self.user_vectors(user_index, history, history_len) @ self.item_vectors().T
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [B] of the batch's (user, item) pairs, on the user's full history."""
+        u = self.user_vectors(batch["user_index"], batch["history"], batch["history_len"])
+        return (u * self._item_vectors_of(batch["item_index"])).sum(dim=1)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
+        users, items, history = batch["user_index"], batch["item_index"], batch["history"]
+        history = history_before(history, items, self.n_items)
+        u = self.user_vectors(users, history, batch["history_len"])
+        v = self._item_vectors_of(items)
+        logits = (u @ v.T) / float(self.params["temperature"])  # [B, B]: row = user, column = item
+        if self.params["logq_correction"]:
+            if ctx.item_log_q is not None:
+                log_q = ctx.item_log_q.to(device=logits.device, dtype=logits.dtype)[items]
+            else:
+                log_q = torch.full_like(items, -math.log(self.n_items), dtype=logits.dtype)
+            logits = logits - log_q[None, :]
+        # Not negatives: the row's positive seen again, or another positive of the same user.
+        same = (items[None, :] == items[:, None]) | (users[None, :] == users[:, None])
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(items.shape[0], device=logits.device)
+        return F.cross_entropy(logits, target)
+
+
+__all__ = ["TwoTower", "feature_matrix"]

@@ -73,6 +73,8 @@ REASON_CODES = (
 
 RATING = "rating"
 BOT_IDS_IN_REPORT = 50  # the report lists at most this many bot user ids
+# Above this many repeated events the dedupe joins shuffle instead of broadcasting.
+MAX_BROADCAST_GROUPS = 200_000
 REASON = "reason"
 DETAIL = "detail"
 IS_DUPLICATE = "is_duplicate"
@@ -210,23 +212,64 @@ def validate_events(
     return df.withColumn(REASON, reason).withColumn(DETAIL, detail)
 
 
+DEDUPE_KEY_COLS = (USER_ID, ITEM_ID, P_TYPE, P_TIME, P_VALUE)
+DEDUPE_ORDER_COLS = (P_TIME, SOURCE_FILE, USER_ID, ITEM_ID, P_TYPE, P_VALUE, SESSION_ID)
+_K_ID, _K_FULL = "_key_id", "_key_full"
+
+
+def _with_event_key(df: DataFrame, id_col: str, key_cols: tuple[str, ...]) -> DataFrame:
+    # An event is (id, null) when it has an id, else (null, full key).
+    return df.select(
+        "*",
+        F.col(id_col).alias(_K_ID),
+        F.when(F.col(id_col).isNull(), F.struct(*key_cols)).alias(_K_FULL),
+    )
+
+
+def duplicate_groups(
+    df: DataFrame, *, id_col: str = P_EVENT_ID, key_cols: tuple[str, ...] = DEDUPE_KEY_COLS
+) -> DataFrame:
+    """The events that occur in more than one row of ``df``.
+
+    An event is identified by ``id_col`` when it is not null, else by all of
+    ``key_cols``. Returns the key columns ``_key_id``, ``_key_full`` and
+    ``rows`` (its number of rows): a narrow aggregation, usually tiny.
+    """
+    keyed = _with_event_key(df, id_col, key_cols)
+    return keyed.groupBy(_K_ID, _K_FULL).agg(F.count(F.lit(1)).alias("rows")).where(F.col("rows") > 1)
+
+
 def mark_duplicates(
     df: DataFrame,
+    groups: DataFrame,
     *,
     id_col: str = P_EVENT_ID,
-    key_cols: tuple[str, ...] = (USER_ID, ITEM_ID, P_TYPE, P_TIME, P_VALUE),
-    order_cols: tuple[str, ...] = (P_TIME, SOURCE_FILE, USER_ID, ITEM_ID, P_TYPE, P_VALUE, SESSION_ID),
+    key_cols: tuple[str, ...] = DEDUPE_KEY_COLS,
+    order_cols: tuple[str, ...] = DEDUPE_ORDER_COLS,
+    broadcast_groups: bool = True,
 ) -> DataFrame:
     """Add ``is_duplicate``: true on every row but one per event.
 
-    An event is identified by ``id_col`` when it is not null, else by all of
-    ``key_cols``; within an event the first row by ``order_cols`` is kept, so
-    the choice is deterministic (rows equal in all of them are identical).
+    Within an event the first row by ``order_cols`` is kept (a window), so the
+    choice is deterministic: rows equal in all of them are identical.
+
+    Args:
+        df: the rows to deduplicate.
+        groups: ``duplicate_groups(df)`` with the same ``id_col``/``key_cols``.
+            Only rows of these events go through the window (a sort); the
+            others, nearly all, are unique and pass through a hash join.
+        broadcast_groups: broadcast ``groups`` to the join (when small).
     """
-    # Rows with an id group by (id, null); rows without by (null, key).
-    key = F.when(F.col(id_col).isNull(), F.struct(*key_cols))
-    w = Window.partitionBy(F.col(id_col), key).orderBy(*[F.col(c).asc_nulls_last() for c in order_cols])
-    return df.withColumn(IS_DUPLICATE, F.row_number().over(w) > 1)
+    keyed = _with_event_key(df, id_col, key_cols)
+    g = groups.select(F.col(_K_ID).alias("_g_id"), F.col(_K_FULL).alias("_g_full"))
+    g = F.broadcast(g) if broadcast_groups else g
+    # Null-safe: exactly one of the two key parts is null.
+    cond = F.col(_K_ID).eqNullSafe(F.col("_g_id")) & F.col(_K_FULL).eqNullSafe(F.col("_g_full"))
+    unique = keyed.join(g, cond, "left_anti").withColumn(IS_DUPLICATE, F.lit(False))
+    repeated = keyed.join(g, cond, "left_semi")
+    window = Window.partitionBy(_K_ID, _K_FULL).orderBy(*[F.col(c).asc_nulls_last() for c in order_cols])
+    ranked = repeated.withColumn(IS_DUPLICATE, F.row_number().over(window) > 1)
+    return unique.unionByName(ranked).drop(_K_ID, _K_FULL)
 
 
 def find_bot_users(
@@ -253,8 +296,7 @@ def find_bot_users(
         df.groupBy(user_col, F.date_trunc("minute", F.col(time_col)).alias("_minute"))
         .count()
         .where(F.col("count") * 2 > n)
-        .select(user_col)
-        .distinct()
+        .select(user_col)  # repeats are harmless: a semi join only asks "is there one"
     )
     ms = df.select(user_col, F.unix_millis(F.col(time_col)).alias("_ms")).join(candidates, user_col, "left_semi")
     window = Window.partitionBy(user_col).orderBy("_ms").rangeBetween(0, 59_999)
@@ -351,19 +393,26 @@ def run_clean(
         rating_max=clean.rating_max,
         fixed_event_type=src.fixed_event_type if src.columns.event_type is None else None,
     )
-    # Parsing the source is the costliest step, and its rows feed the counts,
-    # the quarantine and the dedupe: parse once. MEMORY_AND_DISK so a source
-    # larger than the cache spills instead of being re-parsed.
-    validated = validated.persist(StorageLevel.MEMORY_AND_DISK)
-    marked = mark_duplicates(validated.where(F.col(REASON).isNull()))
+    # Parsing the source is the costliest step and its rows feed the counts,
+    # the quarantine and the dedupe: parse once. DISK_ONLY: the columnar
+    # cache streams to local disk batch by batch, where MEMORY_AND_DISK
+    # unrolls partitions on the heap first (10M events overran a 1g driver).
+    validated = validated.persist(StorageLevel.DISK_ONLY)
+    valid = validated.where(F.col(REASON).isNull())
+    # The two small results everything downstream joins with: kept so that
+    # each consumer (counts, quarantine, clean) re-derives the flagged rows
+    # with broadcast joins over the cache instead of a sort per consumer.
+    groups = duplicate_groups(valid).persist(StorageLevel.MEMORY_AND_DISK)
+    small = groups.count() <= MAX_BROADCAST_GROUPS
+    marked = mark_duplicates(valid, groups, broadcast_groups=small)
     bots = find_bot_users(marked.where(~F.col(IS_DUPLICATE)), max_events_per_minute=clean.bot.max_events_per_minute)
-    # The dedupe sort and the bot join feed both outputs and the counts: keep them.
-    flagged = flag_bot_users(marked, bots).persist(StorageLevel.MEMORY_AND_DISK)
+    bots = bots.persist(StorageLevel.MEMORY_AND_DISK)
+    flagged = flag_bot_users(marked, bots)
     try:
         report = _count_and_write(spark, cfg, validated, flagged, run_id, ref)
     finally:
-        flagged.unpersist()
-        validated.unpersist()
+        for df in (bots, groups, validated):
+            df.unpersist()
     report["elapsed_s"] = round(time.monotonic() - started, 1)
     io.write_json(spark, io.report_path(cfg.warehouse, "clean_events", run_id), report)
     return report

@@ -19,7 +19,7 @@ set of any training process (getrusage ru_maxrss).
 
     .venv/bin/python scripts/bench_trainer.py --model neumf --pairs 300000 --epochs 3
 
-Prints a Markdown table and writes benchmarks/results/trainer_<model>.json.
+Prints a Markdown table and writes benchmarks/results/trainer_<model>_b<batch size>.json.
 """
 from __future__ import annotations
 
@@ -172,7 +172,7 @@ def main() -> None:
             "python": platform.python_version(),
             "torch": torch.__version__, "results": results, "table": table}
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    path = Path(args.out) / f"trainer_{args.model}.json"
+    path = Path(args.out) / f"trainer_{args.model}_b{args.batch_size}.json"
     path.write_text(json.dumps(meta, indent=2) + "\n")
     print(f"wrote {path}")
 

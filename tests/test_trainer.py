@@ -296,7 +296,7 @@ def test_two_gloo_processes_learn_the_planted_structure(spark, tmp_path):
                              validation=val_frames)
     job = distributed.WorkerJob(
         model_name="tiny_mf", model_class=TinyMF, build_kwargs={"n_users": N_USERS, "n_items": N_ITEMS, "params": {}},
-        data=pdata, settings=_settings(epochs=12, patience=3), item_counts=data.item_counts(rows, N_ITEMS),
+        data=pdata, settings=_settings(epochs=8, patience=2), item_counts=data.item_counts(rows, N_ITEMS),
         batch_size=32, checkpoint_dir=str(tmp_path / "ck"), run_key="t",
         threads_per_process=1, use_gpu=False,
     )
@@ -353,17 +353,24 @@ def _write_planted_warehouse(spark, wh):
                                          "segment string, fold string"), wh, SPLIT)
 
 
+@pytest.fixture(scope="module")
+def planted_warehouse(spark, tmp_path_factory):
+    """One planted warehouse for the job tests (each writes its own model's folder)."""
+    wh = str(tmp_path_factory.mktemp("planted") / "wh")
+    _write_planted_warehouse(spark, wh)
+    return wh
+
+
 @pytest.mark.spark
 @pytest.mark.slow
 @pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
-def test_train_neural_job_end_to_end(spark, tmp_path):
+def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     """jobs/train_neural.py on the planted warehouse: factor tables, metadata, eval recs."""
     from recsys_spark import io, model_eval
     from recsys_spark.models import artifacts
     from recsys_spark.schemas import EVAL_RECS, ITEM_FACTORS, USER_FACTORS
 
-    wh = str(tmp_path / "wh")
-    _write_planted_warehouse(spark, wh)
+    wh = planted_warehouse
     spec = importlib.util.spec_from_file_location("train_neural", REPO / "jobs" / "train_neural.py")
     job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(job)
@@ -386,3 +393,36 @@ def test_train_neural_job_end_to_end(spark, tmp_path):
     assert [(f.name, f.dataType) for f in recs.schema] == [(f.name, f.dataType) for f in EVAL_RECS.schema]
     assert recs.groupBy("user_index").count().agg({"count": "min"}).first()[0] == 5
     assert not any((tmp_path / "cache").iterdir()) and not list((tmp_path / "ck").rglob("*.pt"))
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.skipif(not _registered("neumf"), reason="neumf is not registered yet")
+def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, planted_warehouse):
+    """The non-dot-product path of the job without a training run: TorchModelScorer
+    top-K on test, model.pt round trip, build arguments in metadata."""
+    from recsys_spark import io, model_eval
+    from recsys_spark.config import load_config
+    from recsys_spark.models import artifacts, registry
+    from recsys_spark.schemas import SPLIT
+    from recsys_spark.train import neural
+
+    wh = planted_warehouse
+    cfg = load_config(overrides=[f"warehouse={wh}", "evaluation.ks=[5]"])
+    torch.manual_seed(0)
+    kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "params": {"embedding_dim": 4, "mlp_layers": [8, 4]}}
+    blob = loop.state_dict_bytes(registry.get("neumf").build(**kwargs).state_dict())
+    fitted = neural.FittedModel(name="neumf", build_kwargs=kwargs, state_dict=blob, history=[], best_epoch=0,
+                                best_metric=None, epochs_run=1, stopped_early=False, resumed_from=0, seconds=0.0)
+    split_rows = io.read_table(spark, wh, SPLIT)
+    scored = neural.score_fold(spark, cfg, split_rows, fitted, model_eval.FINAL_FOLD)
+    recs = scored["recs"].toPandas()
+    assert recs.groupby("user_index").size().eq(5).all() and recs["user_index"].nunique() == N_USERS
+    # Never a training (or validation) item: the test fold's exclusion set.
+    train, held = planted()
+    seen = {(u, i) for u, i, _ in train} | {pair for n, pair in enumerate(held) if n % 2 == 0}
+    assert not seen & set(zip(recs["user_index"], recs["item_index"]))
+    neural.save(spark, cfg, fitted, scored, n_users=N_USERS, n_items=N_ITEMS, metrics={})
+    meta = artifacts.load_metadata(spark, wh, "neumf")
+    assert meta["kind"] == artifacts.KIND_TORCH and meta["build_kwargs"] == kwargs
+    assert artifacts.load_state_dict_bytes(spark, wh, "neumf") == blob

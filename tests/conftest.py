@@ -9,6 +9,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 ML100K = (REPO.parent / "shared" / "data" / "ml-100k").resolve()
 
+# A synthetic log of a few thousand events: every dirty kind, two bots, seconds to make.
+TINY_SYNTHETIC = [
+    "synthetic.num_users=300",
+    "synthetic.num_items=200",
+    "synthetic.num_events=4000",
+    "synthetic.num_clusters=5",
+    "synthetic.partitions=2",
+    "synthetic.bot_users=2",
+    "synthetic.bot_events_each=300",
+]
+
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):

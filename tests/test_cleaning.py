@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from tests.conftest import TINY_SYNTHETIC as TINY
 from recsys_spark import cleaning as C
 from recsys_spark import io, sources, synthetic
 from recsys_spark.config import load_config
@@ -204,15 +205,6 @@ def test_bot_users_by_sliding_minute(spark):
 # --------------------------------------------------------------------------- the run, on generated data
 
 
-TINY = [
-    "synthetic.num_users=300",
-    "synthetic.num_items=200",
-    "synthetic.num_events=4000",
-    "synthetic.num_clusters=5",
-    "synthetic.partitions=2",
-    "synthetic.bot_users=2",
-    "synthetic.bot_events_each=300",
-]
 
 
 def expected_reason(line: str) -> str | None:

@@ -10,20 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import TINY_SYNTHETIC as TINY
 from recsys_spark import synthetic
 from recsys_spark.config import load_config
 
 pytestmark = pytest.mark.spark
 
-TINY = [
-    "synthetic.num_users=300",
-    "synthetic.num_items=200",
-    "synthetic.num_events=4000",
-    "synthetic.num_clusters=5",
-    "synthetic.partitions=2",
-    "synthetic.bot_users=2",
-    "synthetic.bot_events_each=300",
-]
 ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 

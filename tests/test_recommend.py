@@ -93,6 +93,19 @@ def test_quality_gate_metric_drop_and_coverage():
     assert "no validation" in gate(None, 0.30)[0]
 
 
+@pytest.mark.spark
+def test_catalog_scorer_masks_unknown_excluded_and_new_items(spark):
+    from recsys_spark.scoring import DotProductScorer, top_k
+
+    # Model of 4 items (item 1 without a vector); the catalog has grown to 5; item 3 is excluded.
+    items = np.array([[1.0], [9.0], [3.0], [5.0]], dtype=np.float32)
+    inner = DotProductScorer(spark, items, np.array([True, False, True, True]))
+    scorer = recommend.CatalogScorer(spark, inner, 5, np.array([False, False, False, True, False]))
+    users = spark.createDataFrame([(0, [1.0], [])], "user_index int, factors array<float>, seen array<int>")
+    rows = top_k(users, scorer, k=5).orderBy("rank").collect()
+    assert [(r.item_index, r.score) for r in rows] == [(2, 3.0), (0, 1.0)]
+
+
 # --------------------------------------------------------------------------- validation rules
 
 

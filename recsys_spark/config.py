@@ -376,20 +376,22 @@ def load_config(
     dataset: str | None = None,
     overrides: list[str] | None = None,
 ) -> Config:
-    """Load ``conf/base.yaml``, then ``files``, then the dataset file, then overrides.
+    """Load ``conf/base.yaml``, then the dataset file, then ``files``, then overrides.
 
     A dataset file holds the ``dataset:`` section and may override any other
-    section (sizes, weights) for that dataset.
+    section (sizes, weights) for that dataset. ``files`` (``--conf``) come after
+    it because they describe one run (the demo's sizes, a tuning grid): the more
+    specific layer wins.
     """
     layers: list[tuple[str, dict[str, Any]]] = []
     base = CONF_DIR / "base.yaml"
     if base.exists():
         layers.append((str(base), _read_yaml(base)))
-    for f in files or []:
-        layers.append((str(f), _read_yaml(Path(f))))
     if dataset:
         path = resolve_dataset_path(dataset)
         layers.append((str(path), _read_yaml(path)))
+    for f in files or []:
+        layers.append((str(f), _read_yaml(Path(f))))
     merged: dict[str, Any] = {}
     for origin, data in layers:
         # Validate each layer on its own so that errors name the right file.

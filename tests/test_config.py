@@ -11,6 +11,24 @@ def test_defaults_and_dataset_layering():
     assert cfg.tables.event_weights["purchase"] == 8.0
 
 
+def test_conf_files_override_the_dataset_file_and_set_overrides_both(tmp_path):
+    """The demo's --conf sizes must win over the dataset file's defaults."""
+    run = tmp_path / "run.yaml"
+    run.write_text("synthetic:\n  num_events: 300000\n  num_users: 5000\n")
+    cfg = load_config([run], dataset="synthetic")
+    assert (cfg.synthetic.num_events, cfg.synthetic.num_users) == (300_000, 5000)
+    assert cfg.synthetic.num_items == load_config(dataset="synthetic").synthetic.num_items
+    cfg = load_config([run], dataset="synthetic", overrides=["synthetic.num_events=7"])
+    assert cfg.synthetic.num_events == 7
+
+
+def test_demo_conf_sizes_reach_the_demo():
+    from recsys_spark.config import CONF_DIR
+
+    cfg = load_config([CONF_DIR / "demo.yaml"], dataset="synthetic")
+    assert cfg.synthetic.num_events == 300_000 and cfg.dataset.source.path == "data/demo/events"
+
+
 def test_set_override_parses_yaml_scalars():
     cfg = load_config(overrides=["synthetic.num_users=123", "clean.rating_max=10"])
     assert cfg.synthetic.num_users == 123

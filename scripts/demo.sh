@@ -16,29 +16,14 @@ cleanup() { [[ $started_cluster == 1 ]] && ./scripts/cluster.sh stop >/dev/null 
 trap cleanup EXIT
 
 args=(--dataset synthetic --conf conf/demo.yaml "$@")
-logs=run/demo-logs
-mkdir -p "$logs"
-stage() {  # stage NAME JOB [job args]: run one job, keep its log, stop on failure
-  local name=$1 job=$2; shift 2
-  local t0=$SECONDS
-  printf '%-34s' "$name"
-  if ./scripts/submit.sh "$job" "${args[@]}" "$@" >"$logs/$name.log" 2>&1; then
-    echo "ok ($((SECONDS - t0)) s)"
-  else
-    echo "FAILED, see $logs/$name.log"; tail -20 "$logs/$name.log"; exit 1
-  fi
-}
-
-stage generate_events   jobs/generate_events.py
-stage clean_events      jobs/clean_events.py
-stage build_tables      jobs/build_tables.py
-stage split             jobs/split.py
-stage train_baselines   jobs/train_baselines.py
-stage train_als         jobs/train_als.py
-for model in $(.venv/bin/python -c 'from recsys_spark.models import registry; print(" ".join(registry.names()))'); do
-  stage "train_neural $model" jobs/train_neural.py --model "$model"
-done
-stage evaluate          jobs/evaluate.py
-stage recommend         jobs/recommend.py
+mkdir -p run/demo-logs
+t0=$SECONDS
+printf '%-34s' generate_events
+if ./scripts/submit.sh jobs/generate_events.py "${args[@]}" >run/demo-logs/generate_events.log 2>&1; then
+  echo "ok ($((SECONDS - t0)) s)"
+else
+  echo "FAILED, see run/demo-logs/generate_events.log"; tail -20 run/demo-logs/generate_events.log; exit 1
+fi
+RECSYS_LOG_DIR=run/demo-logs ./scripts/pipeline.sh "${args[@]}"
 
 .venv/bin/python scripts/demo_summary.py "${args[@]}"

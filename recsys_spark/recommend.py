@@ -407,22 +407,39 @@ def mmr_rerank(relevance: np.ndarray, similarity: np.ndarray, *, lam: float, n: 
     return order
 
 
-def explain(recommended: np.ndarray, history: np.ndarray, unit_vectors: np.ndarray) -> np.ndarray:
-    """For each recommended item, the history item most similar to it (cosine), -1 when none.
+def explain(
+    recommended: np.ndarray, history: np.ndarray, unit_vectors: np.ndarray | None = None,
+    *, item_item: np.ndarray | None = None,
+) -> np.ndarray:
+    """For each recommended item, the history item that best accounts for it, -1 when none.
 
+    With ``unit_vectors`` (embedding models): the most similar history item (cosine);
+    an item without a vector (a zero row: the model never saw it) neither explains
+    nor is explained. With ``item_item`` (EASE's B, [items, model items]): the
+    history item contributing most to the score (a user's score for r is the sum
+    of B[h, r] over history items h), and only a positive contribution explains.
     The recommended item itself is never its own explanation (it can be in the
-    history when seen items are not excluded), nor is an item without a vector
-    (a zero row: the model never saw it); ties go to the earlier history item.
+    history when seen items are not excluded); ties go to the earlier history item.
     """
     out = np.full(len(recommended), -1, dtype=np.int64)
     history = np.asarray(history, dtype=np.int64)
+    recommended = np.asarray(recommended, dtype=np.int64)
     if len(recommended) == 0 or len(history) == 0:
         return out
-    rec_vectors, hist_vectors = unit_vectors[recommended], unit_vectors[history]
-    sims = rec_vectors @ hist_vectors.T
-    sims[np.asarray(recommended)[:, None] == history[None, :]] = -np.inf
-    sims[:, ~hist_vectors.any(axis=1)] = -np.inf
-    sims[~rec_vectors.any(axis=1), :] = -np.inf
+    if item_item is not None:
+        sims = np.full((len(recommended), len(history)), -np.inf)
+        in_model = recommended < item_item.shape[1]
+        rows = history < item_item.shape[0]
+        contrib = item_item[np.ix_(history[rows], recommended[in_model])].T.astype(np.float64)
+        block = np.full((int(in_model.sum()), len(history)), -np.inf)
+        block[:, rows] = np.where(contrib > 0, contrib, -np.inf)
+        sims[in_model] = block
+    else:
+        rec_vectors, hist_vectors = unit_vectors[recommended], unit_vectors[history]
+        sims = rec_vectors @ hist_vectors.T
+        sims[:, ~hist_vectors.any(axis=1)] = -np.inf
+        sims[~rec_vectors.any(axis=1), :] = -np.inf
+    sims[recommended[:, None] == history[None, :]] = -np.inf
     best = sims.argmax(axis=1)
     found = np.isfinite(sims[np.arange(len(recommended)), best])
     out[found] = history[best[found]]
@@ -442,6 +459,8 @@ class PostProcessor:
         mmr_lambda: None: keep the score order.
         similarity: "embedding" (cosine of ``unit_vectors``) or "genres" (Jaccard of ``genres``).
         genres: [n_items, g] multi-hot, for ``similarity="genres"``.
+        item_item: a broadcast item-item matrix (EASE's B) to explain by score
+            contribution instead of embeddings.
     """
 
     def __init__(
@@ -453,6 +472,7 @@ class PostProcessor:
         mmr_lambda: float | None = None,
         similarity: str = "embedding",
         genres: np.ndarray | None = None,
+        item_item=None,
         chunk_users: int = 256,
     ):
         if mmr_lambda is not None and similarity == "embedding" and unit_vectors is None:
@@ -463,10 +483,12 @@ class PostProcessor:
         sc = spark.sparkContext
         self._vectors = sc.broadcast(unit_vectors.astype(np.float32)) if unit_vectors is not None else None
         self._genres = sc.broadcast(genres.astype(np.float32)) if genres is not None else None
+        self._item_item = item_item
 
     def process(self, pdf: pd.DataFrame) -> pd.DataFrame:
         """Rows ``user_index``, ``source``, ``items``, ``scores`` (rank order), ``seen`` -> final rows."""
         vectors = self._vectors.value if self._vectors is not None else None
+        item_item = self._item_item.value if self._item_item is not None else None
         out = []
         for start in range(0, len(pdf), self.chunk_users):
             chunk = pdf.iloc[start : start + self.chunk_users]
@@ -477,8 +499,8 @@ class PostProcessor:
             else:
                 items, scores = [i[: self.n] for i in items], [s[: self.n] for s in scores]
             for user, source, it, sc, seen in zip(chunk["user_index"], chunk["source"], items, scores, chunk["seen"]):
-                if vectors is not None and seen is not None and len(seen):
-                    why = explain(it, np.asarray(seen, dtype=np.int64), vectors)
+                if (vectors is not None or item_item is not None) and seen is not None and len(seen):
+                    why = explain(it, np.asarray(seen, dtype=np.int64), vectors, item_item=item_item)
                 else:
                     why = np.full(len(it), -1, dtype=np.int64)
                 out.append(pd.DataFrame({
@@ -1017,10 +1039,14 @@ def run(spark: SparkSession, cfg: Config, *, run_date: str, force: bool = False)
                 raise RecommendError(f"MMR by genres: no item has genres (model '{name}' has no item embeddings)")
             genres = genre_matrix(genres_by_item, n_items)
             inputs[ITEMS.name] = _table_version(spark, wh, ITEMS)
+    # EASE explains by each history item's contribution to the score, through the
+    # scorer's own broadcast of B.
+    item_item = serving.scorer.broadcast if serving.kind == artifacts.KIND_ITEM_ITEM else None
+    explains = unit is not None or item_item is not None
     post = None
-    if mmr or unit is not None:
+    if mmr or explains:
         post = PostProcessor(spark, n=conf.n, unit_vectors=unit, mmr_lambda=conf.mmr_lambda,
-                             similarity=similarity or "embedding", genres=genres)
+                             similarity=similarity or "embedding", genres=genres, item_item=item_item)
     recs = to_raw_ids(finalize(cands, users, post, n=conf.n), user_index, item_index, model=name)
 
     model_ok = serving.scorable & ~(excluded_mask if excluded_mask is not None else False)
@@ -1045,7 +1071,8 @@ def run(spark: SparkSession, cfg: Config, *, run_date: str, force: bool = False)
                 "model_params": meta.get("params", {}),
                 "inputs": inputs,
                 "config": cfg.to_dict(),
-                "explanations": unit is not None,
+                "explanations": ("item_item_contribution" if item_item is not None
+                                 else "embedding_cosine" if unit is not None else None),
                 "mmr_similarity": similarity,
             },
         )

@@ -62,6 +62,11 @@ class ItemItemScorer:
         self.n_items = item_item.shape[0]
         self._b = spark.sparkContext.broadcast(np.ascontiguousarray(item_item, dtype=np.float32))
 
+    @property
+    def broadcast(self):
+        """The broadcast matrix, for reuse (explanations) without shipping it twice."""
+        return self._b
+
     def score(self, batch: pd.DataFrame):
         import torch
 

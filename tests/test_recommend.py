@@ -64,6 +64,19 @@ def test_explain_picks_most_similar_history_item_never_itself():
     assert recommend.explain(np.array([0]), np.array([0]), unit).tolist() == [-1]
 
 
+def test_explain_item_item_by_largest_positive_contribution():
+    # B[h, r]: history item h's contribution to item r's score; 4 items, the model knows 3 columns.
+    b = np.array([[0.0, 0.2, 0.5], [0.3, 0.0, 0.6], [0.1, -0.4, 0.0], [0.0, 0.0, 0.0]], dtype=np.float32)
+    history = np.array([0, 2])
+    # item 1: 0 gives 0.2, 2 gives -0.4 -> 0; item 2: 0 gives 0.5 (2 is the item itself) -> 0;
+    # item 3 has no column in B: unexplained.
+    assert recommend.explain(np.array([1, 2, 3]), history, item_item=b).tolist() == [0, 0, -1]
+    # Only negative or zero contributions: no explanation.
+    assert recommend.explain(np.array([1]), np.array([2, 3]), item_item=b).tolist() == [-1]
+    # Item 2 from history [0, 1]: contributions 0.5 and 0.6 -> 1.
+    assert recommend.explain(np.array([2]), np.array([0, 1]), item_item=b).tolist() == [1]
+
+
 def test_select_model_best_on_validation_or_named():
     metas = {"als": {"metrics": {"validation": {"ndcg_at_10": 0.3}}},
              "ease": {"metrics": {"validation": {"ndcg_at_10": 0.5}}},

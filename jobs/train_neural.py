@@ -23,6 +23,7 @@ def main(argv=None) -> dict:
         "--model", required=True, help=f"registered neural model: {', '.join(registry.names())}"))
     name, wh, primary = args.model, cfg.warehouse, cfg.evaluation.primary_metric
     registry.get(name)  # an unknown name fails before any Spark work
+    cfg = cfg.for_neural_model(name)  # neural.per_model.<name> over neural.*
     spark = build_spark(cfg, f"train_neural_{name}")
     # Cached: both phases and both scorings read it.
     split_rows = io.read_table(spark, wh, SPLIT).cache()

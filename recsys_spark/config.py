@@ -220,6 +220,10 @@ class NeuralConf:
     max_steps_per_epoch: int | None = None  # bounds Petastorm's endless loader; None: one pass
     # Per-model hyperparameters over each model's defaults, e.g. {neumf: {embedding_dim: 32}}.
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Per-model trainer settings over the ones above, e.g. {multvae: {batch_size: 64}}:
+    # a model with one example per user sees far fewer examples per epoch than a
+    # pairwise one, so one batch size does not suit both (Config.for_neural_model).
+    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -259,6 +263,18 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def for_neural_model(self, name: str) -> "Config":
+        """This config with ``neural.per_model[name]`` applied over ``neural.*`` (keys and types checked)."""
+        overrides = self.neural.per_model.get(name) or {}
+        if not overrides:
+            return self
+        nested = sorted(set(overrides) & {"models", "per_model"})
+        if nested:
+            raise ConfigError(f"neural.per_model.{name}: '{nested[0]}' cannot be set per model")
+        merged = {**dataclasses.asdict(self.neural), **overrides}
+        neural = _build(NeuralConf, merged, "neural", f"neural.per_model.{name}")
+        return dataclasses.replace(self, neural=neural)
 
 
 # --------------------------------------------------------------------------- loading

@@ -56,3 +56,17 @@ def test_malformed_file_names_file_and_key(tmp_path):
         load_config(files=[bad])
     assert str(bad) in str(err.value)
     assert "tables.min_user_interactions" in str(err.value)
+
+
+def test_per_model_trainer_settings_apply_to_that_model_only():
+    cfg = load_config(overrides=["neural.batch_size=1024", "neural.per_model={multvae: {batch_size: 64, epochs: 7}}"])
+    vae = cfg.for_neural_model("multvae")
+    assert (vae.neural.batch_size, vae.neural.epochs) == (64, 7)
+    assert vae.neural.learning_rate == cfg.neural.learning_rate
+    assert cfg.for_neural_model("neumf").neural.batch_size == 1024 and cfg.neural.batch_size == 1024
+    bad = load_config(overrides=["neural.per_model={multvae: {batch_sise: 64}}"])
+    with pytest.raises(ConfigError, match="neural.per_model.multvae.*batch_sise"):
+        bad.for_neural_model("multvae")
+    wrong_type = load_config(overrides=["neural.per_model={multvae: {batch_size: many}}"])
+    with pytest.raises(ConfigError, match="batch_size"):
+        wrong_type.for_neural_model("multvae")

@@ -1,6 +1,8 @@
 """Building the SparkSession every job and test uses."""
 from __future__ import annotations
 
+import os
+
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
@@ -12,9 +14,12 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
 
     The master comes from spark-submit when it gave one, else from config, so
     the same job runs on ``local[2]``, the local standalone cluster or any other
-    master unchanged. (Driver memory must be given to spark-submit: once the
-    JVM is up it cannot change; ``scripts/submit.sh`` passes it from config.)
+    master unchanged. Driver memory (``spark.driver_memory``) cannot change once
+    the JVM is up: ``scripts/submit.sh`` passes it to spark-submit, and when this
+    process is plain Python (tests, benchmarks) it is set here, before the JVM starts.
     """
+    if "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._gateway is None:
+        os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"--driver-memory {cfg.spark.driver_memory} pyspark-shell")
     # Connects to spark-submit's JVM, or starts one when run as plain Python.
     SparkContext._ensure_initialized()
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)

@@ -1,6 +1,7 @@
 """Shared fixtures: one local[2] SparkSession for the whole run, data paths."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +20,14 @@ TINY_SYNTHETIC = [
     "synthetic.bot_users=2",
     "synthetic.bot_events_each=300",
 ]
+
+
+def load_job(name: str):
+    """A job's module from jobs/<name>.py (jobs are scripts, not a package), to call its main(argv)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="session")

@@ -3,33 +3,24 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import TINY_SYNTHETIC as TINY
+from tests.conftest import load_job as job
 from recsys_spark import cleaning as C
-from recsys_spark import io, sources, synthetic
+from recsys_spark import io, sources
 from recsys_spark.config import load_config
 from recsys_spark.schemas import EVENTS_CLEAN, QUARANTINE
 
 pytestmark = pytest.mark.spark
 
-REPO = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
 REFERENCE = "2026-03-02T00:00:00Z"  # the day after the synthetic span ends
 RAW_SCHEMA = ", ".join(f"{c} string" for c in (*sources.FIELDS, "source_file", "corrupt_record"))
-
-
-def job(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def raw_rows(spark, *rows: dict):

@@ -4,7 +4,6 @@ jobs themselves: generate -> clean -> tables -> temporal split -> baselines + AL
 refit must be recorded, and cold-start rows must be counted, not dropped."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -12,12 +11,12 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
+from tests.conftest import load_job as job
 from recsys_spark import io, model_eval, split
 from recsys_spark.schemas import ITEM_FACTORS, SPLIT, USER_FACTORS
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Big enough that the clusters are learnable from the train fold, small enough
 # for a minute or two on 2 cores.
@@ -37,13 +36,6 @@ PLANTED = [
     "als.max_iters=[10]",
     "run_date=2026-03-02",
 ]
-
-
-def job(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

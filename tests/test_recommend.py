@@ -4,7 +4,6 @@ idempotent re-run, a failure before publish, exclusion list, cold start, --force
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import json
 import math
 import shutil
@@ -14,21 +13,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import load_job
 from recsys_spark import io, recommend
 from recsys_spark.schemas import EVENTS_CLEAN, INTERACTIONS, ITEM_INDEX_TABLE, RECOMMENDATIONS, USER_INDEX_TABLE
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 1)
 DAY1, DAY2 = "2026-02-01", "2026-02-02"
 N = 5
 MIN_HISTORY = 4
-
-
-def load_job(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # --------------------------------------------------------------------------- pure parts

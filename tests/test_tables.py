@@ -2,24 +2,15 @@
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_job
 from recsys_spark import io, tables
 from recsys_spark.schemas import EVENTS_CLEAN, INTERACTIONS, ITEM_INDEX_TABLE, ITEMS, USER_INDEX_TABLE, USERS
 
 pytestmark = pytest.mark.spark
-REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0)
-
-
-def load_job(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def events_df(spark, rows):

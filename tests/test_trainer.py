@@ -8,18 +8,17 @@ import datetime as dt
 import importlib.util
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.conftest import load_job
 from recsys_spark.models.base import RecModel
 from recsys_spark.train import checkpoint, local_metrics, loop
 from recsys_spark.train.local_metrics import UserItems, ValidationSet
 
-REPO = Path(__file__).resolve().parents[1]
 T0 = dt.datetime(2026, 1, 1)
 
 
@@ -371,10 +370,7 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     from recsys_spark.schemas import EVAL_RECS, ITEM_FACTORS, USER_FACTORS
 
     wh = planted_warehouse
-    spec = importlib.util.spec_from_file_location("train_neural", REPO / "jobs" / "train_neural.py")
-    job = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(job)
-    report = job.main([
+    report = load_job("train_neural").main([
         "--model", "two_tower", "--warehouse", wh,
         "--set", "neural.epochs=3", "--set", "neural.batch_size=64", "--set", "neural.learning_rate=0.01",
         "--set", "evaluation.ks=[5]", "--set", "evaluation.primary_metric=ndcg_at_5",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -20,6 +21,9 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
     """
     if "PYSPARK_GATEWAY_PORT" not in os.environ and SparkContext._gateway is None:
         os.environ.setdefault("PYSPARK_SUBMIT_ARGS", f"--driver-memory {cfg.spark.driver_memory} pyspark-shell")
+        # Executors run this interpreter (the one with torch and the pins), not whatever
+        # "python3" is on PATH; submit.sh sets it for spark-submit runs.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     # Connects to spark-submit's JVM, or starts one when run as plain Python.
     SparkContext._ensure_initialized()
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)

@@ -30,6 +30,15 @@ def load_job(name: str):
     return module
 
 
+def synthetic_job_argv(root: Path, overrides: list[str]) -> tuple[list[str], Path, Path]:
+    """Job arguments for a synthetic log under ``root``/raw and a warehouse at ``root``/wh."""
+    raw, wh = root / "raw", root / "wh"
+    argv = ["--dataset", "synthetic", "--warehouse", str(wh)]
+    for o in [*overrides, f"synthetic.output={raw}", f"dataset.source.path={raw}"]:
+        argv += ["--set", o]
+    return argv, raw, wh
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """The one SparkSession of the test run (2 cores, few partitions, no UI)."""

@@ -11,6 +11,7 @@ from pyspark.sql import functions as F
 
 from tests.conftest import TINY_SYNTHETIC as TINY
 from tests.conftest import load_job as job
+from tests.conftest import synthetic_job_argv
 from recsys_spark import cleaning as C
 from recsys_spark import io, sources
 from recsys_spark.config import load_config
@@ -223,11 +224,7 @@ def expected_reason(line: str) -> str | None:
 
 @pytest.fixture(scope="module")
 def cleaned(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("clean")
-    raw, wh = root / "raw", root / "wh"
-    argv = ["--dataset", "synthetic", "--warehouse", str(wh)]
-    for o in [*TINY, f"synthetic.output={raw}", f"dataset.source.path={raw}"]:
-        argv += ["--set", o]
+    argv, raw, wh = synthetic_job_argv(tmp_path_factory.mktemp("clean"), TINY)
     manifest = job("generate_events").main(argv)
     report = job("clean_events").main(argv + ["--reference-time", REFERENCE, "--run-id", "test-run"])
     lines = [l for p in sorted(raw.rglob("part-*")) for l in p.read_text().splitlines()]

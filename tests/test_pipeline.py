@@ -12,6 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import load_job as job
+from tests.conftest import synthetic_job_argv
 from recsys_spark import io, model_eval, split
 from recsys_spark.schemas import ITEM_FACTORS, SPLIT, USER_FACTORS
 
@@ -40,11 +41,7 @@ PLANTED = [
 
 @pytest.fixture(scope="module")
 def pipeline(spark, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pipeline")
-    raw, wh = root / "raw", root / "wh"
-    argv = ["--dataset", "synthetic", "--warehouse", str(wh)]
-    for o in [*PLANTED, f"synthetic.output={raw}", f"dataset.source.path={raw}"]:
-        argv += ["--set", o]
+    argv, _, wh = synthetic_job_argv(tmp_path_factory.mktemp("pipeline"), PLANTED)
     job("generate_events").main(argv)
     job("clean_events").main(argv + ["--reference-time", "2026-03-02T00:00:00Z"])
     job("build_tables").main(argv)

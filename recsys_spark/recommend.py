@@ -428,12 +428,9 @@ def explain(
         return out
     if item_item is not None:
         sims = np.full((len(recommended), len(history)), -np.inf)
-        in_model = recommended < item_item.shape[1]
-        rows = history < item_item.shape[0]
-        contrib = item_item[np.ix_(history[rows], recommended[in_model])].T.astype(np.float64)
-        block = np.full((int(in_model.sum()), len(history)), -np.inf)
-        block[:, rows] = np.where(contrib > 0, contrib, -np.inf)
-        sims[in_model] = block
+        known_rec, known_hist = recommended < item_item.shape[1], history < item_item.shape[0]
+        contrib = item_item[np.ix_(history[known_hist], recommended[known_rec])].T
+        sims[np.ix_(known_rec, known_hist)] = np.where(contrib > 0, contrib, -np.inf)
     else:
         rec_vectors, hist_vectors = unit_vectors[recommended], unit_vectors[history]
         sims = rec_vectors @ hist_vectors.T

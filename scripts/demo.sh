@@ -16,14 +16,6 @@ cleanup() { [[ $started_cluster == 1 ]] && ./scripts/cluster.sh stop >/dev/null 
 trap cleanup EXIT
 
 args=(--dataset synthetic --conf conf/demo.yaml "$@")
-mkdir -p run/demo-logs
-t0=$SECONDS
-printf '%-34s' generate_events
-if ./scripts/submit.sh jobs/generate_events.py "${args[@]}" >run/demo-logs/generate_events.log 2>&1; then
-  echo "ok ($((SECONDS - t0)) s)"
-else
-  echo "FAILED, see run/demo-logs/generate_events.log"; tail -20 run/demo-logs/generate_events.log; exit 1
-fi
-RECSYS_LOG_DIR=run/demo-logs ./scripts/pipeline.sh "${args[@]}"
+RECSYS_GENERATE=1 RECSYS_LOG_DIR=run/demo-logs ./scripts/pipeline.sh "${args[@]}"
 
 .venv/bin/python scripts/demo_summary.py "${args[@]}"

@@ -8,6 +8,7 @@
 #   scripts/pipeline.sh --dataset movielens-100k --warehouse warehouse/ml-100k --set split.protocol=random
 #
 # RECSYS_STAGES="split train_als evaluate" runs only those stages (in pipeline order).
+# RECSYS_GENERATE=1 first writes the synthetic log (jobs/generate_events.py; the demo).
 # Logs: run/pipeline-logs/<stage>.log (RECSYS_LOG_DIR to change).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ stage() {  # stage NAME JOB [job args]: run one job, keep its log, stop on failu
   fi
 }
 
+[[ ${RECSYS_GENERATE:-0} == 1 ]] && stage generate_events jobs/generate_events.py "$@"
 stage clean_events    jobs/clean_events.py "$@"
 stage build_tables    jobs/build_tables.py "$@"
 stage split           jobs/split.py "$@"

@@ -44,12 +44,28 @@ class DotProductScorer:
         # costs a pass over the [batch, n_items] block (a fifth of a batch's CPU).
         unknown = np.flatnonzero(~item_known.astype(bool)).astype(np.int64)
         self._unknown = spark.sparkContext.broadcast(unknown) if len(unknown) else None
+        self._items_t = None  # per executor task, see score()
+        self._out = None
+
+    def __getstate__(self):
+        # The executor-side caches are rebuilt where the scorer runs, never pickled.
+        return {**self.__dict__, "_items_t": None, "_out": None}
 
     def score(self, batch: pd.DataFrame):
         import torch
 
+        if self._items_t is None:
+            # [rank, n_items] contiguous: MKL's GEMM is about 1.5x faster on it than
+            # on the transposed view of the broadcast matrix.
+            self._items_t = torch.from_numpy(self._items.value).T.contiguous()
         users = torch.from_numpy(np.stack(batch["factors"].to_numpy()).astype(np.float32))
-        scores = users @ torch.from_numpy(self._items.value).T
+        # One score buffer reused across batches: a fresh [batch, n_items] block is
+        # large enough for malloc to mmap it, and its page faults cost more than the
+        # matmul (measured 50 vs 13 us per user at 512 x 20k). top_k copies what it
+        # keeps out of the block before the next batch overwrites it.
+        if self._out is None or self._out.shape[0] < len(users):
+            self._out = torch.empty(len(users), self.n_items)
+        scores = torch.mm(users, self._items_t, out=self._out[: len(users)])
         if self._unknown is not None:
             scores[:, torch.from_numpy(self._unknown.value)] = float("-inf")
         return scores
@@ -91,6 +107,60 @@ def user_histories(train: DataFrame) -> DataFrame:
     return train.groupBy(USER_INDEX).agg(F.collect_list(ITEM_INDEX).alias("seen"))
 
 
+def mask_seen(scores, seen_lists) -> None:
+    """Set ``scores[row, item] = -inf`` for every item in row ``row``'s ``seen`` list, in place.
+
+    One indexed assignment for the whole block: a Python loop of per-row
+    assignments costs more than the matmul for short histories.
+    """
+    import torch
+
+    lengths = np.fromiter((0 if s is None else len(s) for s in seen_lists), dtype=np.int64, count=len(seen_lists))
+    if not lengths.sum():
+        return
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in seen_lists if s is not None and len(s)])
+    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
+
+
+def top_k_rows(scores, k: int, *, chunk: int = 10, direct_below: int = 1024):
+    """``torch.topk(scores, k, dim=1, sorted=True)``, exact, about 3x cheaper on wide rows.
+
+    ``torch.topk`` on the CPU costs about 3.5 ns per score for k = 50 and was
+    more than half of the scoring time. Instead, the row is cut into ``m =
+    n / chunk`` strided groups (columns j, j + m, j + 2m, ...); the k groups
+    with the largest maxima (found the same way, recursively) hold every one of
+    the row's top k, because any other group's maximum is beaten by k values in
+    distinct groups. The final ``topk`` runs over ``k * chunk`` gathered scores.
+    Strided rather than contiguous groups, because the group maxima are then an
+    element-wise max of ``chunk`` contiguous slices, which vectorises.
+
+    Results equal ``torch.topk``'s up to the order of exactly tied scores; the
+    same input always gives the same output. Rows with fewer than ``k`` finite
+    scores return their finite ones first, then -inf (callers drop -inf).
+
+    Args:
+        scores: [batch, n] float tensor.
+        k: 1 <= k <= n.
+
+    Returns:
+        (values [batch, k], indexes [batch, k] int64), best first.
+    """
+    import torch
+
+    batch, n = scores.shape
+    groups = -(-n // chunk)
+    if n <= direct_below or groups < k:
+        return torch.topk(scores, k, dim=1, sorted=True)
+    if groups * chunk != n:
+        scores = torch.nn.functional.pad(scores, (0, groups * chunk - n), value=float("-inf"))
+    group_max = scores.view(batch, chunk, groups).amax(dim=1)
+    _, best_groups = top_k_rows(group_max, k, chunk=chunk, direct_below=direct_below)
+    columns = (best_groups.unsqueeze(2) + groups * torch.arange(chunk)).reshape(batch, k * chunk)
+    values, position = torch.topk(scores.gather(1, columns), k, dim=1, sorted=True)
+    return values, columns.gather(1, position)
+
+
 def top_k(
     users: DataFrame,
     scorer: BatchScorer,
@@ -110,7 +180,7 @@ def top_k(
 
     Returns:
         At most ``k`` rows per user, rank 1 = best; fewer when the user has
-        fewer than ``k`` scorable unseen items. ``torch.topk`` on the CPU is
+        fewer than ``k`` scorable unseen items. :func:`top_k_rows` is
         deterministic, so the same inputs give the same rows.
     """
     k = int(k)
@@ -125,11 +195,9 @@ def top_k(
                 chunk = pdf.iloc[start : start + batch_users]
                 scores = scorer.score(chunk)
                 if exclude_seen:
-                    for row, seen in enumerate(chunk["seen"]):
-                        if seen is not None and len(seen):
-                            scores[row, torch.as_tensor(np.asarray(seen, dtype=np.int64))] = float("-inf")
-                kk = min(k, scores.shape[1])
-                values, items = torch.topk(scores, kk, dim=1, sorted=True)
+                    mask_seen(scores, chunk["seen"])
+                values, items = top_k_rows(scores, min(k, scores.shape[1]))
+                kk = values.shape[1]
                 values_np, items_np = values.numpy(), items.numpy().astype(np.int32)
                 ok = np.isfinite(values_np)
                 users_np = np.repeat(chunk["user_index"].to_numpy(dtype=np.int32), kk).reshape(-1, kk)
@@ -161,7 +229,9 @@ __all__ = [
     "ItemItemScorer",
     "TOPK_SCHEMA",
     "factor_matrix",
+    "mask_seen",
     "popularity_scores",
     "top_k",
+    "top_k_rows",
     "user_histories",
 ]

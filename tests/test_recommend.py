@@ -98,6 +98,46 @@ def test_quality_gate_metric_drop_and_coverage():
     assert "no validation" in gate(None, 0.30)[0]
 
 
+@pytest.mark.parametrize("n_items,k", [(20_000, 50), (5_003, 50), (2_000, 7), (300, 50), (1_030, 100)])
+def test_top_k_rows_equals_torch_topk(n_items, k):
+    import torch
+
+    from recsys_spark.scoring import top_k_rows
+
+    gen = torch.Generator().manual_seed(n_items + k)
+    scores = torch.randn(64, n_items, generator=gen)
+    # Masked rows and items, a row with fewer finite scores than k, and exact ties.
+    scores[:, torch.randperm(n_items, generator=gen)[: n_items // 3]] = float("-inf")
+    scores[3, 3:] = float("-inf")
+    scores[3, :3] = torch.tensor([0.5, 2.0, -1.0])
+    scores[5] = torch.round(scores[5] * 4) / 4
+    values, items = top_k_rows(scores, k)
+    expected_values, expected_items = torch.topk(scores, k, dim=1, sorted=True)
+    assert torch.equal(values, expected_values)
+    finite = torch.isfinite(values)
+    # Items agree wherever the score is not tied with another in the row, and each
+    # returned item really has the returned score.
+    assert torch.equal(torch.gather(scores, 1, items.clamp(max=n_items - 1))[finite], values[finite])
+    assert (items[finite] < n_items).all()
+    tied = (values[:, :, None] == scores[:, None, :]).sum(dim=2) > 1
+    assert torch.equal(items[finite & ~tied], expected_items[finite & ~tied])
+    assert finite[3].sum() == 3 and items[3, :3].tolist() == [1, 0, 2]
+    assert torch.equal(top_k_rows(scores, k)[1], items)  # deterministic
+
+
+def test_mask_seen_masks_each_rows_own_items_only():
+    import torch
+
+    from recsys_spark.scoring import mask_seen
+
+    scores = torch.zeros(3, 5)
+    mask_seen(scores, pd.Series([np.array([1, 4]), None, [0]], dtype=object))
+    assert torch.isinf(scores).nonzero().tolist() == [[0, 1], [0, 4], [2, 0]]
+    before = scores.clone()
+    mask_seen(scores, pd.Series([None, [], None], dtype=object))
+    assert torch.equal(scores, before)
+
+
 @pytest.mark.spark
 def test_catalog_scorer_masks_unknown_excluded_and_new_items(spark):
     from recsys_spark.scoring import DotProductScorer, top_k

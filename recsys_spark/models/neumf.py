@@ -83,10 +83,18 @@ class NeuMF(RecModel):
     # ------------------------------------------------------------------ scoring
 
     def _logits(self, user_index: torch.Tensor, item_index: torch.Tensor) -> torch.Tensor:
-        """Logits for aligned (user, item) pairs of any equal shape."""
-        gmf = self.gmf_user(user_index) * self.gmf_item(item_index)
-        mlp = self.mlp(torch.cat([self.mlp_user(user_index), self.mlp_item(item_index)], dim=-1))
-        return self.predict(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
+        """Logits for (user, item) pairs of broadcastable index shapes ([B, 1] x [B, C] -> [B, C]).
+
+        Each user is looked up once however many items it is paired with: an
+        embedding lookup's backward is a pass over its whole table's gradient,
+        so one lookup per table per step instead of one per pairing.
+        """
+        gmf_u, gmf_i = torch.broadcast_tensors(self.gmf_user(user_index).unsqueeze(-2),
+                                               self.gmf_item(item_index).unsqueeze(-2))
+        mlp_u, mlp_i = torch.broadcast_tensors(self.mlp_user(user_index).unsqueeze(-2),
+                                               self.mlp_item(item_index).unsqueeze(-2))
+        mlp = self.mlp(torch.cat([mlp_u, mlp_i], dim=-1))
+        return self.predict(torch.cat([gmf_u * gmf_i, mlp], dim=-1)).squeeze(-1).squeeze(-1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B] of the batch's (``user_index``, ``item_index``) pairs."""
@@ -99,8 +107,7 @@ class NeuMF(RecModel):
         out = torch.empty(n_users, self.n_items, device=user_index.device)
         for start in range(0, self.n_items, chunk):
             items = torch.arange(start, min(start + chunk, self.n_items), device=user_index.device)
-            users = user_index[:, None].expand(-1, items.shape[0])
-            out[:, start : start + items.shape[0]] = self._logits(users, items[None, :].expand(n_users, -1))
+            out[:, start : start + items.shape[0]] = self._logits(user_index[:, None], items[None, :])
         return out
 
     # ------------------------------------------------------------------ training
@@ -109,8 +116,9 @@ class NeuMF(RecModel):
         users, items = batch["user_index"], batch["item_index"]
         k = max(1, int(ctx.negatives_per_positive))
         negatives = ctx.sample_negatives(users.shape[0] * k).view(-1, k).to(users.device)
-        pos = self._logits(users, items)  # [B]
-        neg = self._logits(users[:, None].expand(-1, k), negatives)  # [B, k]
+        # Positive and negatives in one pass: [B, 1 + k] logits, column 0 the positive.
+        logits = self._logits(users[:, None], torch.cat([items[:, None], negatives], dim=1))
+        pos, neg = logits[:, 0], logits[:, 1:]
         if self.params["loss"] == "bpr":
             return -F.logsigmoid(pos[:, None] - neg).mean()
         # Pointwise log loss, averaged over all B * (1 + k) labelled pairs.

@@ -263,7 +263,10 @@ def train(
     rank, world = _dist()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    # fused: one vectorised pass over each parameter instead of ~6 elementwise ops;
+    # Adam over the embedding tables was the largest part of a NeuMF step on the CPU.
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                 fused=device.type in ("cpu", "cuda"))
     amp_dtype = None
     if settings.mixed_precision and device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

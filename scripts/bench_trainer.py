@@ -66,6 +66,45 @@ def rates(history):
             "peak": max(h["peak_rss_mb"] for h in history)}
 
 
+def _allreduce_worker(rank: int, world: int, n_floats: int, port: int, repeats: int, out) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    grad = torch.randn(n_floats)
+    for _ in range(3):
+        dist.all_reduce(grad)
+    started = time.perf_counter()
+    for _ in range(repeats):
+        dist.all_reduce(grad)
+    if rank == 0:
+        out.put((time.perf_counter() - started) / repeats)
+    dist.destroy_process_group()
+
+
+def allreduce_seconds(n_floats: int, world: int = 2, repeats: int = 30) -> float:
+    """Seconds per gloo all-reduce of ``n_floats`` float32 between ``world`` local processes:
+    what DDP adds to every step for a model with that many (dense-gradient) parameters."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_allreduce_worker, args=(r, world, n_floats, port, repeats, out)) for r in range(world)]
+    for p in procs:
+        p.start()
+    seconds = out.get(timeout=300)
+    for p in procs:
+        p.join()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="neumf", help="a registered neural model reading pairs")
@@ -113,6 +152,15 @@ def main() -> None:
                     "samples_per_cpu_s": r["per_cpu_s"],
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                     "ratio_to_in_memory": 1.0, "cpu_ratio_to_in_memory": 1.0})
+
+    # What DDP adds per step whatever feeds it: the all-reduce of every gradient.
+    n_params = sum(p.numel() for p in cls.build(**build).parameters() if p.requires_grad)
+    step_compute_s = args.batch_size / baseline["best"]
+    step_allreduce_s = allreduce_seconds(n_params)
+    ddp_bound = step_compute_s / (step_compute_s + step_allreduce_s)
+    print(f"{n_params:,} parameters: one step computes in {step_compute_s * 1e3:.1f} ms (in-memory), "
+          f"their gloo all-reduce between 2 processes takes {step_allreduce_s * 1e3:.1f} ms -> "
+          f"DDP per process <= {ddp_bound:.2f} of in-memory whatever the feed", flush=True)
 
     # 2. Petastorm (+ DDP) under TorchDistributor.
     import pyarrow as pa
@@ -165,12 +213,17 @@ def main() -> None:
                      f"{r['peak_rss_mb']:,.0f} |")
     table = "\n".join(lines)
     print(table)
+    print(f"\nDDP ceiling: {n_params:,} dense-gradient parameters; a step's compute {step_compute_s * 1e3:.1f} ms "
+          f"(in-memory, batch {args.batch_size}) vs their 2-process gloo all-reduce {step_allreduce_s * 1e3:.1f} ms "
+          f"-> per process at most {ddp_bound:.2f} of in-memory, whatever feeds the loop")
     meta = {"model": args.model, "pairs": args.pairs, "users": args.users, "items": args.items,
             "epochs": args.epochs, "batch_size": args.batch_size, "negatives_per_positive":
             settings.negatives_per_positive, "threads_per_process": 1, "cpus": os.cpu_count(),
             "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),
             "python": platform.python_version(),
-            "torch": torch.__version__, "results": results, "table": table}
+            "torch": torch.__version__, "results": results, "table": table,
+            "ddp_ceiling": {"parameters": n_params, "step_compute_ms": step_compute_s * 1e3,
+                            "step_allreduce_ms": step_allreduce_s * 1e3, "per_process_bound": ddp_bound}}
     Path(args.out).mkdir(parents=True, exist_ok=True)
     path = Path(args.out) / f"trainer_{args.model}_b{args.batch_size}.json"
     path.write_text(json.dumps(meta, indent=2) + "\n")

@@ -158,9 +158,11 @@ def main() -> None:
     step_compute_s = args.batch_size / baseline["best"]
     step_allreduce_s = allreduce_seconds(n_params)
     ddp_bound = step_compute_s / (step_compute_s + step_allreduce_s)
-    print(f"{n_params:,} parameters: one step computes in {step_compute_s * 1e3:.1f} ms (in-memory), "
-          f"their gloo all-reduce between 2 processes takes {step_allreduce_s * 1e3:.1f} ms -> "
-          f"DDP per process <= {ddp_bound:.2f} of in-memory whatever the feed", flush=True)
+    ceiling = (f"DDP ceiling: {n_params:,} dense-gradient parameters; a step's compute {step_compute_s * 1e3:.1f} ms "
+               f"(in-memory, batch {args.batch_size}) vs their 2-process gloo all-reduce "
+               f"{step_allreduce_s * 1e3:.1f} ms -> per process at most {ddp_bound:.2f} of in-memory, "
+               "whatever feeds the loop")
+    print(ceiling, flush=True)
 
     # 2. Petastorm (+ DDP) under TorchDistributor.
     import pyarrow as pa
@@ -213,9 +215,7 @@ def main() -> None:
                      f"{r['peak_rss_mb']:,.0f} |")
     table = "\n".join(lines)
     print(table)
-    print(f"\nDDP ceiling: {n_params:,} dense-gradient parameters; a step's compute {step_compute_s * 1e3:.1f} ms "
-          f"(in-memory, batch {args.batch_size}) vs their 2-process gloo all-reduce {step_allreduce_s * 1e3:.1f} ms "
-          f"-> per process at most {ddp_bound:.2f} of in-memory, whatever feeds the loop")
+    print(f"\n{ceiling}")
     meta = {"model": args.model, "pairs": args.pairs, "users": args.users, "items": args.items,
             "epochs": args.epochs, "batch_size": args.batch_size, "negatives_per_positive":
             settings.negatives_per_positive, "threads_per_process": 1, "cpus": os.cpu_count(),

@@ -89,12 +89,10 @@ class NeuMF(RecModel):
         embedding lookup's backward is a pass over its whole table's gradient,
         so one lookup per table per step instead of one per pairing.
         """
-        gmf_u, gmf_i = torch.broadcast_tensors(self.gmf_user(user_index).unsqueeze(-2),
-                                               self.gmf_item(item_index).unsqueeze(-2))
-        mlp_u, mlp_i = torch.broadcast_tensors(self.mlp_user(user_index).unsqueeze(-2),
-                                               self.mlp_item(item_index).unsqueeze(-2))
+        gmf = self.gmf_user(user_index) * self.gmf_item(item_index)  # broadcasts over the index shapes
+        mlp_u, mlp_i = torch.broadcast_tensors(self.mlp_user(user_index), self.mlp_item(item_index))
         mlp = self.mlp(torch.cat([mlp_u, mlp_i], dim=-1))
-        return self.predict(torch.cat([gmf_u * gmf_i, mlp], dim=-1)).squeeze(-1).squeeze(-1)
+        return self.predict(torch.cat([gmf, mlp], dim=-1)).squeeze(-1)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [B] of the batch's (``user_index``, ``item_index``) pairs."""

@@ -226,7 +226,7 @@ def main() -> None:
     print(f"| recommendForAllUsers + explode to flat rows | {med('mllib_flat_s'):.1f} | "
           f"{med('mllib_flat_cpu_s'):.0f} | {result['speedup_vs_flat_median']:.1f}x | "
           f"{result['cpu_ratio_vs_flat_median']:.1f}x |")
-    print(f"| scoring.top_k (blocked torch matmul + topk, flat rows) | {med('ours_s'):.1f} | "
+    print(f"| scoring.top_k (blocked torch matmul + chunked top-k, flat rows) | {med('ours_s'):.1f} | "
           f"{med('ours_cpu_s'):.0f} | 1.0x | 1.0x |")
     c = result["comparison"]
     print(f"\nsame top-{args.n}: {c['identical_up_to_ties']} ({c['rows']:,} rows, {c['users']:,} users; "

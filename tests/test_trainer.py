@@ -185,8 +185,13 @@ def test_examples_and_petastorm_batches_have_the_documented_shapes(spark, tmp_pa
         assert val.users.tolist() == [0, 1]
         assert val.history.tolist() == [[7, 5], [4, 9]]
         assert val.seen.indices.tolist() == [2, 5, 7, 4] and val.relevant.indices.tolist() == [1, 3]
-        # Reproducible: the same data materialised again is read in the same order, shard by shard.
-        again = data.materialise(spark, examples, cache_dir=str(tmp_path / "cache"), shard_count=2, history_length=2)
+        # Reproducible: the same rows materialised again, delivered by Spark in another
+        # order and partitioning (as after a shuffle), are read in the same order, shard by shard.
+        from pyspark.sql import functions as SF
+
+        reordered = examples.orderBy(SF.desc("item_index")).repartition(3)
+        again = data.materialise(spark, reordered, cache_dir=str(tmp_path / "cache"), shard_count=2,
+                                 history_length=2)
         try:
             assert [_read(again, r) for r in (0, 1)] == [_read(pd_, r) for r in (0, 1)]
         finally:

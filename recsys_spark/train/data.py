@@ -271,8 +271,11 @@ def materialise(
     about equal size (each at most one or two row groups): every process
     gets the same number of files, hence about the same number of rows, and
     the per-step agreement of the loop wastes little. The repartition is by a
-    seeded random key and rows are sorted by it inside each file, so a file
-    holds a random sample in random order (users' rows are not clustered).
+    seeded hash of each row's content and rows are sorted by it inside each
+    file, so a file holds a random sample in random order (users' rows are not
+    clustered), and the same rows make the same files whatever order Spark
+    delivers them in (``rand(seed)`` would not: it numbers rows by their
+    position in a partition, which a shuffle upstream does not fix).
 
     Args:
         cache_dir: local path or URL (Petastorm's parent cache dir); one
@@ -294,8 +297,10 @@ def materialise(
         raise ValueError("no training examples: the training rows are empty")
     row_bytes = 16 + 4 * int(history_length)
     files = _files_for(rows, row_bytes, shard_count)
+    # Identical rows share a key, so ties in the sort are rows that are equal anyway.
+    key = F.xxhash64(F.lit(int(seed)), *[F.col(c) for c in examples.columns])
     shuffled = (
-        examples.withColumn("_r", F.rand(seed))
+        examples.withColumn("_r", key)
         .repartition(files, "_r")
         .sortWithinPartitions("_r")
         .drop("_r")

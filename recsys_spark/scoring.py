@@ -2,7 +2,7 @@
 
 Never a users x items cross join: each task takes batches of users, builds a
 dense [batch, items] score block with one torch matmul, masks the user's
-excluded items and keeps ``torch.topk``. Memory per task is bounded by
+excluded items and keeps the top k (:mod:`recsys_spark.topk`). Memory per task is bounded by
 ``batch_users x n_items`` floats whatever the number of users.
 
 A *scorer* is a small picklable object with ``score(batch) -> torch.Tensor``
@@ -110,57 +110,17 @@ def user_histories(train: DataFrame) -> DataFrame:
 def mask_seen(scores, seen_lists) -> None:
     """Set ``scores[row, item] = -inf`` for every item in row ``row``'s ``seen`` list, in place.
 
-    One indexed assignment for the whole block: a Python loop of per-row
-    assignments costs more than the matmul for short histories.
+    One indexed assignment for the whole block (:func:`recsys_spark.topk.exclude`):
+    a Python loop of per-row assignments costs more than the matmul for short histories.
     """
-    import torch
+    from recsys_spark.topk import exclude  # torch: imported where scores exist
 
     lengths = np.fromiter((0 if s is None else len(s) for s in seen_lists), dtype=np.int64, count=len(seen_lists))
     if not lengths.sum():
         return
     rows = np.repeat(np.arange(len(lengths)), lengths)
     cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in seen_lists if s is not None and len(s)])
-    scores[torch.from_numpy(rows), torch.from_numpy(cols)] = float("-inf")
-
-
-def top_k_rows(scores, k: int, *, chunk: int = 10, direct_below: int = 1024):
-    """``torch.topk(scores, k, dim=1, sorted=True)``, exact, 2-3x cheaper on wide rows.
-
-    Measured 25-35 us against 65-80 us per row of 20,000 scores, one core.
-
-    ``torch.topk`` on the CPU costs about 3.5 ns per score for k = 50 and was
-    more than half of the scoring time. Instead, the row is cut into ``m =
-    n / chunk`` strided groups (columns j, j + m, j + 2m, ...); the k groups
-    with the largest maxima (found the same way, recursively) hold every one of
-    the row's top k, because any other group's maximum is beaten by k values in
-    distinct groups. The final ``topk`` runs over ``k * chunk`` gathered scores.
-    Strided rather than contiguous groups, because the group maxima are then an
-    element-wise max of ``chunk`` contiguous slices, which vectorises.
-
-    Results equal ``torch.topk``'s up to the order of exactly tied scores; the
-    same input always gives the same output. Rows with fewer than ``k`` finite
-    scores return their finite ones first, then -inf (callers drop -inf).
-
-    Args:
-        scores: [batch, n] float tensor.
-        k: 1 <= k <= n.
-
-    Returns:
-        (values [batch, k], indexes [batch, k] int64), best first.
-    """
-    import torch
-
-    batch, n = scores.shape
-    groups = -(-n // chunk)
-    if n <= direct_below or groups < k:
-        return torch.topk(scores, k, dim=1, sorted=True)
-    if groups * chunk != n:
-        scores = torch.nn.functional.pad(scores, (0, groups * chunk - n), value=float("-inf"))
-    group_max = scores.view(batch, chunk, groups).amax(dim=1)
-    _, best_groups = top_k_rows(group_max, k, chunk=chunk, direct_below=direct_below)
-    columns = (best_groups.unsqueeze(2) + groups * torch.arange(chunk)).reshape(batch, k * chunk)
-    values, position = torch.topk(scores.gather(1, columns), k, dim=1, sorted=True)
-    return values, columns.gather(1, position)
+    exclude(scores, rows, cols)
 
 
 def top_k(
@@ -189,6 +149,8 @@ def top_k(
 
     def run(batches):
         import torch
+
+        from recsys_spark.topk import top_k_rows
 
         # One Spark task per core already: more torch threads would oversubscribe.
         torch.set_num_threads(1)
@@ -234,6 +196,5 @@ __all__ = [
     "mask_seen",
     "popularity_scores",
     "top_k",
-    "top_k_rows",
     "user_histories",
 ]

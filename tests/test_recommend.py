@@ -102,7 +102,7 @@ def test_quality_gate_metric_drop_and_coverage():
 def test_top_k_rows_equals_torch_topk(n_items, k):
     import torch
 
-    from recsys_spark.scoring import top_k_rows
+    from recsys_spark.topk import top_k_rows
 
     gen = torch.Generator().manual_seed(n_items + k)
     scores = torch.randn(64, n_items, generator=gen)

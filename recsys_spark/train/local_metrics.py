@@ -25,6 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from recsys_spark.topk import exclude, top_k_rows
+
 METRICS = ("ndcg", "recall", "precision", "hit_rate")
 
 
@@ -102,10 +104,9 @@ def top_k_excluding(scores: torch.Tensor, seen_rows: np.ndarray, seen_items: np.
         scorable items (seen or non-finite scores are not recommendations).
     """
     scores = scores.float().clone()
-    if len(seen_rows):
-        scores[torch.as_tensor(seen_rows), torch.as_tensor(seen_items)] = float("-inf")
+    exclude(scores, seen_rows, seen_items)
     kk = min(k, scores.shape[1])
-    values, items = torch.topk(scores, kk, dim=1, sorted=True)
+    values, items = top_k_rows(scores, kk)  # the serving path's top-k: ties broken alike
     out = np.full((scores.shape[0], k), -1, dtype=np.int64)
     top = items.cpu().numpy()
     top[~np.isfinite(values.cpu().numpy())] = -1

@@ -1,0 +1,198 @@
+#!/usr/bin/env python
+"""Hyperparameter sweep for a neural model, in one process, on a small warehouse's split.
+
+What the docs' tuning numbers come from. For every setting: train on the train
+fold with early stopping on validation (the trainer's metric code), refit on
+train + validation for the best epoch count, score the test fold; the same
+protocol as ``jobs/train_neural.py``, without Spark, Petastorm or DDP in the
+loop (``recsys_spark.train.loop`` fed by in-memory tensors, one process with
+this machine's torch threads), so a setting costs seconds to a minute on
+ml-100k. The split is collected to the driver: for small data only. One process
+takes the batch that the job spreads over ``neural.num_processes``: to compare
+with the job, give the sweep ``batch_size`` = processes x the job's.
+
+Each setting is JSON: ``model`` (registered name), ``params`` (model
+hyperparameters over the config's ``neural.models.<model>``) and ``neural``
+(trainer settings over the config's ``neural`` for that model: epochs,
+patience, batch_size, learning_rate, weight_decay, negatives_per_positive,
+negative_sampling, history_length, seed). ``{"model": "neumf"}`` alone is the
+config's current setting.
+
+    scripts/pipeline.sh --dataset movielens-100k --warehouse warehouse/ml-100k \\
+        --set split.protocol=random      # (RECSYS_STAGES="clean_events build_tables split" is enough)
+    .venv/bin/python scripts/sweep_neural.py --dataset movielens-100k --warehouse warehouse/ml-100k \\
+        '{"model": "neumf"}' '{"model": "neumf", "neural": {"negatives_per_positive": 8}}'
+
+Prints a Markdown table and writes benchmarks/results/sweep_<warehouse name>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+TRAINER_KEYS = ("epochs", "patience", "batch_size", "learning_rate", "weight_decay", "negatives_per_positive",
+                "negative_sampling", "history_length", "seed")
+
+
+def histories(rows, n_users: int, n_items: int, length: int):
+    """[n_users, length] most recent training items per user (time order, padded with n_items), and lengths."""
+    import numpy as np
+
+    rows = rows.sort_values(["user_index", "last_time", "item_index"])
+    hist = np.full((n_users, length), n_items, dtype=np.int64)
+    lens = np.zeros(n_users, dtype=np.int64)
+    for user, group in rows.groupby("user_index"):
+        items = group["item_index"].to_numpy()[-length:]
+        hist[user, : len(items)] = items
+        lens[user] = len(items)
+    return hist, lens
+
+
+def held_out_set(train_rows, held, n_users: int, n_items: int, length: int):
+    """The warm held-out users of a fold as a ValidationSet (training items excluded from the ranking)."""
+    import numpy as np
+
+    from recsys_spark.train.local_metrics import UserItems, ValidationSet
+
+    held = held[held["segment"] == "warm"]
+    users = np.sort(held["user_index"].unique()).astype(np.int64)
+    position = np.full(n_users, -1, dtype=np.int64)
+    position[users] = np.arange(len(users))
+    hist, lens = histories(train_rows, n_users, n_items, length)
+    seen = train_rows[train_rows["user_index"].isin(users)]
+    return ValidationSet(
+        users=users, history=hist[users], history_len=lens[users],
+        seen=UserItems.from_pairs(position[seen["user_index"].to_numpy()], seen["item_index"].to_numpy(), len(users)),
+        relevant=UserItems.from_pairs(position[held["user_index"].to_numpy()], held["item_index"].to_numpy(),
+                                      len(users)),
+    )
+
+
+def example_tensors(rows, cls, n_users: int, n_items: int, length: int):
+    """The model's training examples as tensors (pairs, with histories when it reads them; or one row per user)."""
+    import numpy as np
+    import torch
+
+    from recsys_spark.train import data
+
+    if cls.input_kind == data.HISTORIES:
+        hist, lens = histories(rows, n_users, n_items, length)
+        users = np.sort(rows["user_index"].unique()).astype(np.int64)
+        return {"user_index": torch.as_tensor(users), "history": torch.as_tensor(hist[users]),
+                "history_len": torch.as_tensor(lens[users])}
+    out = {"user_index": torch.as_tensor(rows["user_index"].to_numpy(np.int64)),
+           "item_index": torch.as_tensor(rows["item_index"].to_numpy(np.int64)),
+           "weight": torch.as_tensor(rows["weight"].to_numpy(np.float32))}
+    if cls.needs_history:
+        hist, lens = histories(rows, n_users, n_items, length)
+        out["history"] = torch.as_tensor(hist)[out["user_index"]]
+        out["history_len"] = torch.as_tensor(lens)[out["user_index"]]
+    return out
+
+
+def run_setting(setting: dict, cfg, split, *, n_users: int, n_items: int, features) -> dict:
+    """Select on validation, refit on train + validation, score test; returns the setting's numbers."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from recsys_spark.models import registry
+    from recsys_spark.train import local_metrics, loop, neural
+
+    name = setting["model"]
+    cls = registry.get(name)
+    unknown = set(setting.get("neural", {})) - set(TRAINER_KEYS)
+    if unknown:
+        raise SystemExit(f"sweep_neural: unknown trainer setting(s) {sorted(unknown)}; known: {TRAINER_KEYS}")
+    nc = cfg.for_neural_model(name).neural
+    nc = replace(nc, **setting.get("neural", {}))
+    params = {**nc.models.get(name, {}), **setting.get("params", {})}
+    build = {"n_users": n_users, "n_items": n_items, "params": params}
+    if neural.takes_item_features(cls) and features is not None:
+        build["item_features"] = features
+    metric = cfg.evaluation.primary_metric
+    out: dict = {}
+    for final in (False, True):
+        rows = split[split["fold"].isin(["train", "validation"] if final else ["train"])]
+        counts = np.bincount(rows["item_index"], minlength=n_items).astype(np.float64)
+        validation = None if final else held_out_set(
+            rows, split[split["fold"] == "validation"], n_users, n_items, nc.history_length)
+        settings = loop.TrainSettings(
+            epochs=out["best_epoch"] + 1 if final else nc.epochs, patience=nc.patience,
+            learning_rate=nc.learning_rate, weight_decay=nc.weight_decay, negative_sampling=nc.negative_sampling,
+            negatives_per_positive=nc.negatives_per_positive, seed=nc.seed, mixed_precision=False,
+            metric=metric, early_stopping=not final)
+        tensors = example_tensors(rows, cls, n_users, n_items, nc.history_length)
+        examples = len(next(iter(tensors.values())))
+        torch.manual_seed(nc.seed)
+        model = cls.build(**build)
+        started = time.perf_counter()
+        result = loop.train(model, loop.tensor_loader_factory(tensors, batch_size=nc.batch_size, seed=nc.seed),
+                            settings, item_counts=counts, validation=validation, device="cpu", log=lambda s: None,
+                            steps_per_epoch_hint=-(-examples // nc.batch_size))
+        out["seconds"] = out.get("seconds", 0.0) + time.perf_counter() - started
+        if not final:
+            out.update(best_epoch=result["best_epoch"], validation=result["best_metric"])
+        else:
+            model.load_state_dict(loop.state_dict_from_bytes(result["state_dict"]))
+            test = held_out_set(rows, split[split["fold"] == "test"], n_users, n_items, nc.history_length)
+            out["test"] = local_metrics.evaluate_model(model, test, metric=metric, device="cpu")
+    return {"setting": setting, "metric": metric, "best_epoch": out["best_epoch"] + 1,
+            "validation": out["validation"], "test": out["test"], "seconds": out["seconds"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("settings", nargs="+", help="one JSON object per setting")
+    parser.add_argument("--dataset", default=None, help="conf/datasets/<name>.yaml (as the jobs take it)")
+    parser.add_argument("--warehouse", required=True, help="a warehouse with the split and index tables")
+    parser.add_argument("--conf", action="append", default=[], help="extra config files")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    args = parser.parse_args()
+    settings = [json.loads(s) for s in args.settings]
+
+    from recsys_spark import io, model_eval
+    from recsys_spark.config import load_config
+    from recsys_spark.schemas import SPLIT
+    from recsys_spark.session import build_spark
+    from recsys_spark.train import neural
+
+    cfg = load_config(args.conf, dataset=args.dataset, overrides=["spark.extra={spark.ui.enabled: 'false'}"])
+    spark = build_spark(cfg, "sweep_neural")
+    split = io.read_table(spark, args.warehouse, SPLIT).toPandas()
+    split["fold"] = split["fold"].astype(str)
+    n_users, n_items = model_eval.catalog_sizes(spark, args.warehouse)
+    features = neural.item_features(spark, args.warehouse, n_items)
+    spark.stop()
+
+    results = []
+    for setting in settings:
+        r = run_setting(setting, cfg, split, n_users=n_users, n_items=n_items, features=features)
+        print(json.dumps(r), flush=True)
+        results.append(r)
+
+    metric = cfg.evaluation.primary_metric
+    lines = [f"| model | params | trainer | best epoch | validation {metric} | test {metric} | seconds |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        s = r["setting"]
+        lines.append(f"| {s['model']} | {json.dumps(s.get('params', {}))} | {json.dumps(s.get('neural', {}))} | "
+                     f"{r['best_epoch']} | {r['validation']:.4f} | {r['test']:.4f} | {r['seconds']:.0f} |")
+    table = "\n".join(lines)
+    print(table)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    path = Path(args.out) / f"sweep_{Path(args.warehouse).name}.json"
+    path.write_text(json.dumps({"warehouse": args.warehouse, "dataset": args.dataset, "results": results,
+                                "table": table}, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,7 +1,7 @@
 """The neural trainer: local metrics vs the evaluation library, the Petastorm data
 path's batch shapes, checkpoint resume, a 2-process gloo run through
 TorchDistributor that learns planted structure, and (once the neural models are
-registered) jobs/train_neural.py end to end."""
+registered) jobs/train_neural.py end to end, and the tuning sweep protocol."""
 from __future__ import annotations
 
 import datetime as dt
@@ -438,3 +438,39 @@ def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, p
     meta = artifacts.load_metadata(spark, wh, "neumf")
     assert meta["kind"] == artifacts.KIND_TORCH and meta["build_kwargs"] == kwargs
     assert artifacts.load_state_dict_bytes(spark, wh, "neumf") == blob
+
+
+# --------------------------------------------------------------------------- the tuning sweep
+
+
+def test_sweep_script_selects_refits_and_scores_test_like_the_job():
+    """scripts/sweep_neural.py's protocol on the planted split (no Spark): the chosen
+    epoch comes from validation, and the refit model beats popularity on test."""
+    import importlib.util as iu
+
+    import pandas as pd
+
+    from recsys_spark.config import load_config
+    from tests.conftest import REPO
+
+    spec = iu.spec_from_file_location("sweep_neural", REPO / "scripts" / "sweep_neural.py")
+    sweep = iu.module_from_spec(spec)
+    spec.loader.exec_module(sweep)
+    train, held = planted()
+    rows = [(u, i, 1.0, T0 + dt.timedelta(hours=t), "warm", "train") for u, i, t in train]
+    rows += [(u, i, 1.0, T0 + dt.timedelta(days=2), "warm", "validation" if n % 2 == 0 else "test")
+             for n, (u, i) in enumerate(held)]
+    split = pd.DataFrame(rows, columns=["user_index", "item_index", "weight", "last_time", "segment", "fold"])
+    cfg = load_config(overrides=["evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5"])
+    setting = {"model": "neumf", "params": {"embedding_dim": 8, "mlp_layers": [16, 8]},
+               "neural": {"epochs": 6, "patience": 6, "batch_size": 32, "learning_rate": 0.01}}
+    result = sweep.run_setting(setting, cfg, split, n_users=N_USERS, n_items=N_ITEMS, features=None)
+
+    assert 1 <= result["best_epoch"] <= 6 and result["metric"] == "ndcg_at_5"
+    test_fold = split[split["fold"] == "test"]
+    trained_on = split[split["fold"] != "test"]
+    test = sweep.held_out_set(trained_on, test_fold, N_USERS, N_ITEMS, 4)
+    pop = torch.as_tensor(np.bincount(trained_on["item_index"], minlength=N_ITEMS), dtype=torch.float32)
+    popularity = local_metrics.evaluate(lambda r: pop.expand(len(test.users[r]), -1), len(test.users), test.seen,
+                                        test.relevant, metric="ndcg_at_5")
+    assert result["test"] > popularity + 0.1, (result, popularity)

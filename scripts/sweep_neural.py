@@ -4,12 +4,13 @@
 What the docs' tuning numbers come from. For every setting: train on the train
 fold with early stopping on validation (the trainer's metric code), refit on
 train + validation for the best epoch count, score the test fold; the same
-protocol as ``jobs/train_neural.py``, without Spark, Petastorm or DDP in the
-loop (``recsys_spark.train.loop`` fed by in-memory tensors, one process with
-this machine's torch threads), so a setting costs seconds to a minute on
-ml-100k. The split is collected to the driver: for small data only. One process
-takes the batch that the job spreads over ``neural.num_processes``: to compare
-with the job, give the sweep ``batch_size`` = processes x the job's.
+protocol as ``jobs/train_neural.py`` on the same examples (Spark builds them with
+the job's transforms, ``recsys_spark.train.data``), but collected to the driver
+instead of materialised with Petastorm, and trained in this process without DDP
+(``recsys_spark.train.loop`` fed by in-memory tensors, this machine's torch
+threads), so a setting costs seconds to a minute on ml-100k. For small data only.
+One process takes the batch that the job spreads over ``neural.num_processes``:
+to compare with the job, give the sweep ``batch_size`` = processes x the job's.
 
 Each setting is JSON: ``model`` (registered name), ``params`` (model
 hyperparameters over the config's ``neural.models.<model>``) and ``neural``
@@ -40,69 +41,56 @@ TRAINER_KEYS = ("epochs", "patience", "batch_size", "learning_rate", "weight_dec
                 "negative_sampling", "history_length", "seed")
 
 
-def histories(rows, n_users: int, n_items: int, length: int):
-    """[n_users, length] most recent training items per user (time order, padded with n_items), and lengths."""
-    import numpy as np
+def fold_examples(split_rows, cls, *, final: bool, n_items: int, history_length: int):
+    """The job's training examples for a fold set as tensors, and the item counts.
 
-    rows = rows.sort_values(["user_index", "last_time", "item_index"])
-    hist = np.full((n_users, length), n_items, dtype=np.int64)
-    lens = np.zeros(n_users, dtype=np.int64)
-    for user, group in rows.groupby("user_index"):
-        items = group["item_index"].to_numpy()[-length:]
-        hist[user, : len(items)] = items
-        lens[user] = len(items)
-    return hist, lens
-
-
-def held_out_set(train_rows, held, n_users: int, n_items: int, length: int):
-    """The warm held-out users of a fold as a ValidationSet (training items excluded from the ranking)."""
-    import numpy as np
-
-    from recsys_spark.train.local_metrics import UserItems, ValidationSet
-
-    held = held[held["segment"] == "warm"]
-    users = np.sort(held["user_index"].unique()).astype(np.int64)
-    position = np.full(n_users, -1, dtype=np.int64)
-    position[users] = np.arange(len(users))
-    hist, lens = histories(train_rows, n_users, n_items, length)
-    seen = train_rows[train_rows["user_index"].isin(users)]
-    return ValidationSet(
-        users=users, history=hist[users], history_len=lens[users],
-        seen=UserItems.from_pairs(position[seen["user_index"].to_numpy()], seen["item_index"].to_numpy(), len(users)),
-        relevant=UserItems.from_pairs(position[held["user_index"].to_numpy()], held["item_index"].to_numpy(),
-                                      len(users)),
-    )
-
-
-def example_tensors(rows, cls, n_users: int, n_items: int, length: int):
-    """The model's training examples as tensors (pairs, with histories when it reads them; or one row per user)."""
+    ``data.training_examples`` of ``split.training_rows``, as ``train_neural``
+    builds them, collected instead of materialised with Petastorm; sorted by key,
+    so the loader's seeded permutation sees the same order every run.
+    """
     import numpy as np
     import torch
 
+    from recsys_spark import split
+    from recsys_spark.schemas import ITEM_INDEX, USER_INDEX, WEIGHT
     from recsys_spark.train import data
 
-    if cls.input_kind == data.HISTORIES:
-        hist, lens = histories(rows, n_users, n_items, length)
-        users = np.sort(rows["user_index"].unique()).astype(np.int64)
-        return {"user_index": torch.as_tensor(users), "history": torch.as_tensor(hist[users]),
-                "history_len": torch.as_tensor(lens[users])}
-    out = {"user_index": torch.as_tensor(rows["user_index"].to_numpy(np.int64)),
-           "item_index": torch.as_tensor(rows["item_index"].to_numpy(np.int64)),
-           "weight": torch.as_tensor(rows["weight"].to_numpy(np.float32))}
-    if cls.needs_history:
-        hist, lens = histories(rows, n_users, n_items, length)
-        out["history"] = torch.as_tensor(hist)[out["user_index"]]
-        out["history_len"] = torch.as_tensor(lens)[out["user_index"]]
-    return out
+    rows = split.training_rows(split_rows, final=final)
+    examples = data.training_examples(rows, input_kind=cls.input_kind, needs_history=cls.needs_history,
+                                      n_items=n_items, history_length=history_length).toPandas()
+    key = [USER_INDEX] if cls.input_kind == data.HISTORIES else [USER_INDEX, ITEM_INDEX]
+    examples = examples.sort_values(key, kind="stable").reset_index(drop=True)
+    tensors = {}
+    for column in examples.columns:
+        values = examples[column].to_numpy()
+        if column == "history":
+            tensors[column] = torch.as_tensor(np.stack(values).astype(np.int64))
+        else:
+            tensors[column] = torch.as_tensor(values.astype(np.float32 if column == WEIGHT else np.int64))
+    return tensors, data.item_counts(rows, n_items)
 
 
-def run_setting(setting: dict, cfg, split, *, n_users: int, n_items: int, features) -> dict:
+def held_out_set(split_rows, fold: str, *, final: bool, n_items: int, history_length: int):
+    """A fold's warm users as the trainer's ValidationSet (``data.validation_examples``, as the job builds it)."""
+    from recsys_spark import split
+    from recsys_spark.train import data
+    from recsys_spark.train.local_metrics import ValidationSet
+
+    rows = split.training_rows(split_rows, final=final)
+    held = split.fold(split_rows, fold, segment="warm")
+    users, labels = data.validation_examples(rows, held, n_items=n_items, history_length=history_length)
+    users, labels = users.toPandas(), labels.toPandas()
+    return ValidationSet.from_tables({c: users[c].to_numpy() for c in users.columns},
+                                     {c: labels[c].to_numpy() for c in labels.columns})
+
+
+def run_setting(setting: dict, cfg, split_rows, *, n_users: int, n_items: int, features) -> dict:
     """Select on validation, refit on train + validation, score test; returns the setting's numbers."""
     from dataclasses import replace
 
-    import numpy as np
     import torch
 
+    from recsys_spark import model_eval
     from recsys_spark.models import registry
     from recsys_spark.train import local_metrics, loop, neural
 
@@ -120,16 +108,15 @@ def run_setting(setting: dict, cfg, split, *, n_users: int, n_items: int, featur
     metric = cfg.evaluation.primary_metric
     out: dict = {}
     for final in (False, True):
-        rows = split[split["fold"].isin(["train", "validation"] if final else ["train"])]
-        counts = np.bincount(rows["item_index"], minlength=n_items).astype(np.float64)
-        validation = None if final else held_out_set(
-            rows, split[split["fold"] == "validation"], n_users, n_items, nc.history_length)
+        tensors, counts = fold_examples(split_rows, cls, final=final, n_items=n_items,
+                                        history_length=nc.history_length)
+        validation = None if final else held_out_set(split_rows, model_eval.SELECTION_FOLD, final=False,
+                                                     n_items=n_items, history_length=nc.history_length)
         settings = loop.TrainSettings(
             epochs=out["best_epoch"] + 1 if final else nc.epochs, patience=nc.patience,
             learning_rate=nc.learning_rate, weight_decay=nc.weight_decay, negative_sampling=nc.negative_sampling,
             negatives_per_positive=nc.negatives_per_positive, seed=nc.seed, mixed_precision=False,
             metric=metric, early_stopping=not final)
-        tensors = example_tensors(rows, cls, n_users, n_items, nc.history_length)
         examples = len(next(iter(tensors.values())))
         torch.manual_seed(nc.seed)
         model = cls.build(**build)
@@ -142,7 +129,8 @@ def run_setting(setting: dict, cfg, split, *, n_users: int, n_items: int, featur
             out.update(best_epoch=result["best_epoch"], validation=result["best_metric"])
         else:
             model.load_state_dict(loop.state_dict_from_bytes(result["state_dict"]))
-            test = held_out_set(rows, split[split["fold"] == "test"], n_users, n_items, nc.history_length)
+            test = held_out_set(split_rows, model_eval.FINAL_FOLD, final=True, n_items=n_items,
+                                history_length=nc.history_length)
             out["test"] = local_metrics.evaluate_model(model, test, metric=metric, device="cpu")
     return {"setting": setting, "metric": metric, "best_epoch": out["best_epoch"] + 1,
             "validation": out["validation"], "test": out["test"], "seconds": out["seconds"]}
@@ -166,17 +154,16 @@ def main() -> None:
 
     cfg = load_config(args.conf, dataset=args.dataset, overrides=["spark.extra={spark.ui.enabled: 'false'}"])
     spark = build_spark(cfg, "sweep_neural")
-    split = io.read_table(spark, args.warehouse, SPLIT).toPandas()
-    split["fold"] = split["fold"].astype(str)
+    split_rows = io.read_table(spark, args.warehouse, SPLIT).cache()
     n_users, n_items = model_eval.catalog_sizes(spark, args.warehouse)
     features = neural.item_features(spark, args.warehouse, n_items)
-    spark.stop()
 
     results = []
     for setting in settings:
-        r = run_setting(setting, cfg, split, n_users=n_users, n_items=n_items, features=features)
+        r = run_setting(setting, cfg, split_rows, n_users=n_users, n_items=n_items, features=features)
         print(json.dumps(r), flush=True)
         results.append(r)
+    spark.stop()
 
     metric = cfg.evaluation.primary_metric
     lines = [f"| model | params | trainer | best epoch | validation {metric} | test {metric} | seconds |",

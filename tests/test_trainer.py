@@ -443,13 +443,13 @@ def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, p
 # --------------------------------------------------------------------------- the tuning sweep
 
 
-def test_sweep_script_selects_refits_and_scores_test_like_the_job():
-    """scripts/sweep_neural.py's protocol on the planted split (no Spark): the chosen
-    epoch comes from validation, and the refit model beats popularity on test."""
+def test_sweep_script_selects_refits_and_scores_test_like_the_job(spark):
+    """scripts/sweep_neural.py's protocol on the planted split, fed by the job's Spark
+    transforms: the chosen epoch comes from validation, the test set is the fold's
+    users with their training items excluded, and the refit model beats popularity on test."""
     import importlib.util as iu
 
-    import pandas as pd
-
+    from recsys_spark import schemas
     from recsys_spark.config import load_config
     from tests.conftest import REPO
 
@@ -460,17 +460,25 @@ def test_sweep_script_selects_refits_and_scores_test_like_the_job():
     rows = [(u, i, 1.0, T0 + dt.timedelta(hours=t), "warm", "train") for u, i, t in train]
     rows += [(u, i, 1.0, T0 + dt.timedelta(days=2), "warm", "validation" if n % 2 == 0 else "test")
              for n, (u, i) in enumerate(held)]
-    split = pd.DataFrame(rows, columns=["user_index", "item_index", "weight", "last_time", "segment", "fold"])
+    split_rows = spark.createDataFrame(rows, schemas.SPLIT.schema)
     cfg = load_config(overrides=["evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5"])
     setting = {"model": "neumf", "params": {"embedding_dim": 8, "mlp_layers": [16, 8]},
                "neural": {"epochs": 6, "patience": 6, "batch_size": 32, "learning_rate": 0.01}}
-    result = sweep.run_setting(setting, cfg, split, n_users=N_USERS, n_items=N_ITEMS, features=None)
+    result = sweep.run_setting(setting, cfg, split_rows, n_users=N_USERS, n_items=N_ITEMS, features=None)
 
     assert 1 <= result["best_epoch"] <= 6 and result["metric"] == "ndcg_at_5"
-    test_fold = split[split["fold"] == "test"]
-    trained_on = split[split["fold"] != "test"]
-    test = sweep.held_out_set(trained_on, test_fold, N_USERS, N_ITEMS, 4)
-    pop = torch.as_tensor(np.bincount(trained_on["item_index"], minlength=N_ITEMS), dtype=torch.float32)
+    test = sweep.held_out_set(split_rows, "test", final=True, n_items=N_ITEMS, history_length=4)
+    test_pairs = {(u, i) for n, (u, i) in enumerate(held) if n % 2 == 1}
+    assert sorted(test.users.tolist()) == sorted({u for u, _ in test_pairs})
+    for r, user in enumerate(test.users):
+        relevant = test.relevant.indices[test.relevant.indptr[r]:test.relevant.indptr[r + 1]]
+        seen = test.seen.indices[test.seen.indptr[r]:test.seen.indptr[r + 1]]
+        assert {(int(user), int(i)) for i in relevant} == {p for p in test_pairs if p[0] == user}
+        # Trained on train + validation: both folds' items are excluded from the ranking.
+        assert set(seen.tolist()) == {i for u, i, _ in train if u == user} | {
+            i for n, (u, i) in enumerate(held) if n % 2 == 0 and u == user}
+    trained_on = [i for _, i, _ in train] + [i for n, (_, i) in enumerate(held) if n % 2 == 0]
+    pop = torch.as_tensor(np.bincount(trained_on, minlength=N_ITEMS), dtype=torch.float32)
     popularity = local_metrics.evaluate(lambda r: pop.expand(len(test.users[r]), -1), len(test.users), test.seen,
                                         test.relevant, metric="ndcg_at_5")
     assert result["test"] > popularity + 0.1, (result, popularity)

@@ -201,29 +201,11 @@ class PetastormData:
 
     def validation_set(self, *, n_items: int, batch_size: int = 65536):
         """Rank 0's validation users (:class:`~recsys_spark.train.local_metrics.ValidationSet`)."""
-        import numpy as np
-
-        from recsys_spark.train.local_metrics import UserItems, ValidationSet
+        from recsys_spark.train.local_metrics import ValidationSet
 
         if self.val_users is None:
             return None
-        users = _read_all(self.val_users, batch_size)
-        labels = _read_all(self.val_labels, batch_size)
-        order = np.argsort(users[USER_INDEX], kind="stable")
-        user_ids = users[USER_INDEX][order].astype(np.int64)
-        position = np.full(max(int(user_ids.max(initial=-1)) + 1, 1), -1, dtype=np.int64)
-        position[user_ids] = np.arange(len(user_ids))
-        rows = position[labels[USER_INDEX].astype(np.int64)]
-        items = labels[ITEM_INDEX].astype(np.int64)
-        rel = labels["relevant"] == 1
-        history = users["history"][order].astype(np.int64).reshape(len(user_ids), -1)
-        return ValidationSet(
-            users=user_ids,
-            history=history,
-            history_len=users["history_len"][order].astype(np.int64),
-            seen=UserItems.from_pairs(rows[~rel], items[~rel], len(user_ids)),
-            relevant=UserItems.from_pairs(rows[rel], items[rel], len(user_ids)),
-        )
+        return ValidationSet.from_tables(_read_all(self.val_users, batch_size), _read_all(self.val_labels, batch_size))
 
     def delete(self) -> None:
         """Remove the materialised Parquet (driver, after the run)."""

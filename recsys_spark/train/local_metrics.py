@@ -19,7 +19,7 @@ averaged over users with equal weight; a user with no recommendations scores 0.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +94,36 @@ class ValidationSet:
     history_len: np.ndarray  # [U] int64
     seen: UserItems
     relevant: UserItems
+
+    @classmethod
+    def from_tables(cls, users: Mapping[str, np.ndarray], labels: Mapping[str, np.ndarray]) -> "ValidationSet":
+        """From the columns of :func:`recsys_spark.train.data.validation_examples`' two tables.
+
+        Rows may come in any order (they are sorted by user); however they were
+        read (Petastorm in a training process, ``toPandas`` in the sweep script),
+        the same tables give the same set.
+
+        Args:
+            users: ``user_index`` [U], ``history`` ([U, L], or U arrays of length L), ``history_len`` [U].
+            labels: ``user_index``, ``item_index``, ``relevant`` (1: held out; 0: a training item to exclude).
+        """
+        order = np.argsort(np.asarray(users["user_index"]), kind="stable")
+        user_ids = np.asarray(users["user_index"])[order].astype(np.int64)
+        position = np.full(max(int(user_ids.max(initial=-1)) + 1, 1), -1, dtype=np.int64)
+        position[user_ids] = np.arange(len(user_ids))
+        rows = position[np.asarray(labels["user_index"]).astype(np.int64)]
+        items = np.asarray(labels["item_index"]).astype(np.int64)
+        rel = np.asarray(labels["relevant"]) == 1
+        history = np.asarray(users["history"])
+        if history.dtype == object:  # pandas: one array per row
+            history = np.stack(list(history)) if len(history) else np.zeros((0, 0), dtype=np.int64)
+        return cls(
+            users=user_ids,
+            history=history[order].astype(np.int64).reshape(len(user_ids), -1),
+            history_len=np.asarray(users["history_len"])[order].astype(np.int64),
+            seen=UserItems.from_pairs(rows[~rel], items[~rel], len(user_ids)),
+            relevant=UserItems.from_pairs(rows[rel], items[rel], len(user_ids)),
+        )
 
 
 def top_k_excluding(scores: torch.Tensor, seen_rows: np.ndarray, seen_items: np.ndarray, k: int) -> np.ndarray:

@@ -29,6 +29,7 @@ Prints a Markdown table and writes benchmarks/results/sweep_<warehouse name>.jso
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -41,8 +42,11 @@ TRAINER_KEYS = ("epochs", "patience", "batch_size", "learning_rate", "weight_dec
                 "negative_sampling", "history_length", "seed")
 
 
+@functools.lru_cache(maxsize=8)
 def fold_examples(split_rows, cls, *, final: bool, n_items: int, history_length: int):
     """The job's training examples for a fold set as tensors, and the item counts.
+
+    Cached: the settings of a sweep share them (nothing downstream modifies them).
 
     ``data.training_examples`` of ``split.training_rows``, as ``train_neural``
     builds them, collected instead of materialised with Petastorm; sorted by key,
@@ -70,6 +74,7 @@ def fold_examples(split_rows, cls, *, final: bool, n_items: int, history_length:
     return tensors, data.item_counts(rows, n_items)
 
 
+@functools.lru_cache(maxsize=8)
 def held_out_set(split_rows, fold: str, *, final: bool, n_items: int, history_length: int):
     """A fold's warm users as the trainer's ValidationSet (``data.validation_examples``, as the job builds it)."""
     from recsys_spark import split

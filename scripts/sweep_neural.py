@@ -46,11 +46,10 @@ TRAINER_KEYS = ("epochs", "patience", "batch_size", "learning_rate", "weight_dec
 def fold_examples(split_rows, cls, *, final: bool, n_items: int, history_length: int):
     """The job's training examples for a fold set as tensors, and the item counts.
 
-    Cached: the settings of a sweep share them (nothing downstream modifies them).
-
     ``data.training_examples`` of ``split.training_rows``, as ``train_neural``
     builds them, collected instead of materialised with Petastorm; sorted by key,
-    so the loader's seeded permutation sees the same order every run.
+    so the loader's seeded permutation sees the same order every run. Cached:
+    a sweep's settings share them (nothing downstream modifies them).
     """
     import numpy as np
     import torch

@@ -181,7 +181,7 @@ def test_examples_and_petastorm_batches_have_the_documented_shapes(spark, tmp_pa
                     assert batch["weight"].dtype == torch.float32 and not batch["item_index"].is_floating_point()
                     seen_rows += b
         assert seen_rows == 4  # the two shards partition the rows
-        val = pd_.validation_set(n_items=9)
+        val = pd_.validation_set()
         assert val.users.tolist() == [0, 1]
         assert val.history.tolist() == [[7, 5], [4, 9]]
         assert val.seen.indices.tolist() == [2, 5, 7, 4] and val.relevant.indices.tolist() == [1, 3]

@@ -199,7 +199,7 @@ class PetastormData:
         ) as loader:
             yield loader
 
-    def validation_set(self, *, n_items: int, batch_size: int = 65536):
+    def validation_set(self, *, batch_size: int = 65536):
         """Rank 0's validation users (:class:`~recsys_spark.train.local_metrics.ValidationSet`)."""
         from recsys_spark.train.local_metrics import ValidationSet
 

@@ -81,9 +81,7 @@ def _worker(job: WorkerJob):
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
         model = build_model(job)
-        validation = (
-            job.data.validation_set(n_items=job.build_kwargs["n_items"]) if rank == 0 and job.validate else None
-        )
+        validation = job.data.validation_set() if rank == 0 and job.validate else None
 
         def loader_factory(epoch: int):
             return job.data.shard_loader(

@@ -23,6 +23,12 @@ CONF_DIR = Path(os.environ.get("RECSYS_CONF_DIR") or Path(__file__).resolve().pa
 CANONICAL_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 
 
+def _parse_size(text) -> int:
+    from recsys_spark.memory import parse_size  # memory imports psutil: only when a size is read
+
+    return parse_size(text)
+
+
 class ConfigError(ValueError):
     """A config file or override is malformed; the message names the key."""
 
@@ -36,7 +42,15 @@ class SparkConf:
     # drowning small data in scheduling overhead.
     shuffle_partitions: int = 4
     driver_memory: str = "2g"
+    # A cap on what one catalog-wide step (EASE's item x item matrix) plans to
+    # hold in the Python driver; None: the memory the machine and the process's
+    # cgroup/rlimit have available when the step starts (recsys_spark.memory).
+    driver_python_memory: str | None = None
     extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def driver_python_memory_bytes(self) -> int | None:
+        return None if self.driver_python_memory is None else _parse_size(self.driver_python_memory)
 
 
 @dataclass
@@ -89,6 +103,8 @@ class ItemMetadataConf:
     year: str | None = "year"
     genres: str | None = "genres"
     genres_delimiter: str = "|"
+    # With year: null, take the year from a title ending in "(YYYY)" (MovieLens' catalogs).
+    year_from_title: bool = False
 
 
 @dataclass
@@ -181,7 +197,7 @@ class PopularityConf:
 @dataclass
 class EaseConf:
     l2: float = 250.0
-    # The Gram matrix and its inverse are dense on the driver: items^2 x 8 bytes, twice.
+    # B (the Gram matrix, inverted in place) is dense on the driver: items^2 x 4 bytes.
     max_items: int = 20_000
 
 
@@ -452,6 +468,14 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("evaluation.ks must be a non-empty list of positive integers")
     if not 0.0 <= cfg.synthetic.dirty_share < 1.0:
         raise ConfigError("synthetic.dirty_share must be in [0, 1)")
+    for key, size in (("spark.driver_memory", cfg.spark.driver_memory),
+                      ("spark.driver_python_memory", cfg.spark.driver_python_memory),
+                      ("cluster.executor_memory", cfg.cluster.executor_memory)):
+        try:
+            if size is not None:
+                _parse_size(size)
+        except ValueError as exc:
+            raise ConfigError(f"{key}: {exc}") from None
     if cfg.run_date is not None:
         import datetime as _dt
 

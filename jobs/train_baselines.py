@@ -22,8 +22,10 @@ from recsys_spark.session import build_spark
 def fit_scorer(spark, name, train, n_items, cfg):
     """(scorer, item matrix to save, kind) for baseline ``name`` fitted on ``train``."""
     if name == "ease":
-        b = baselines.fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items)
-        return ItemItemScorer(spark, b), b, artifacts.KIND_ITEM_ITEM
+        b = baselines.fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items,
+                               python_memory=cfg.spark.driver_python_memory_bytes)
+        scorer = ItemItemScorer(spark, b)  # written to a local file and shipped: B is not kept
+        return scorer, None, artifacts.KIND_ITEM_ITEM
     recent = cfg.popularity.recent_days if name == "popularity_recent" else None
     pop = baselines.popularity_vector(train, n_items, recent_days=recent)[:, None]
     return DotProductScorer(spark, pop, np.ones(n_items, dtype=bool)), pop, artifacts.KIND_DOT_PRODUCT
@@ -52,12 +54,12 @@ def main(argv=None) -> dict:
             recs = model_eval.score_fold(users, scorer, cfg)
             if fold == model_eval.FINAL_FOLD:
                 model_eval.write_eval_recs(recs, wh, name, fold)
-                all_users = spark.range(n_users).select(F.col("id").cast("int").alias(USER_INDEX))
-                artifacts.save_factors(
-                    wh, name,
-                    user_factors=None if kind == artifacts.KIND_ITEM_ITEM else with_unit_factors(all_users),
-                    item_factors=artifacts.factors_frame(spark, matrix, ITEM_INDEX),
-                )
+                if kind == artifacts.KIND_ITEM_ITEM:
+                    artifacts.save_item_item(spark, wh, name, scorer.matrix.local_path)
+                else:
+                    all_users = spark.range(n_users).select(F.col("id").cast("int").alias(USER_INDEX))
+                    artifacts.save_factors(wh, name, user_factors=with_unit_factors(all_users),
+                                           item_factors=artifacts.factors_frame(spark, matrix, ITEM_INDEX))
             else:
                 results = model_eval.fold_metrics(split_rows, recs, fold, n_items, cfg)
         params = {"l2": cfg.ease.l2} if name == "ease" else (

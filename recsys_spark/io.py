@@ -9,6 +9,7 @@ local disk, HDFS or an object store.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from typing import Any
 
@@ -65,6 +66,25 @@ def rename_path(spark: SparkSession, src: str, dst: str) -> None:
         fs.mkdirs(parent)
     if not fs.rename(s, d):
         raise OSError(f"could not rename {src} -> {dst}")
+
+
+def copy_from_local(spark: SparkSession, local_path: str, dst: str) -> None:
+    """Copy a local file into the warehouse (any Hadoop filesystem), streamed: never held in memory.
+
+    For large binary artifacts (EASE's item x item matrix): passing bytes through
+    py4j would copy them into the driver JVM's heap.
+    """
+    fs, d = _fs(spark, dst)
+    jvm = spark.sparkContext._jvm
+    fs.copyFromLocalFile(False, True, jvm.org.apache.hadoop.fs.Path(f"file://{os.path.abspath(local_path)}"), d)
+
+
+def copy_to_local(spark: SparkSession, src: str, local_path: str) -> None:
+    """Copy a warehouse file to a local path, streamed (the counterpart of :func:`copy_from_local`)."""
+    fs, s = _fs(spark, src)
+    jvm = spark.sparkContext._jvm
+    # useRawLocalFileSystem=True: no .crc file beside the copy.
+    fs.copyToLocalFile(False, s, jvm.org.apache.hadoop.fs.Path(f"file://{os.path.abspath(local_path)}"), True)
 
 
 def list_dir(spark: SparkSession, path: str) -> list[str]:

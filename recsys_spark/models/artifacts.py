@@ -1,5 +1,6 @@
 """Model folders: ``<warehouse>/models/<name>/`` with ``metadata.json`` and, for
-dot-product models, ``user_factors`` / ``item_factors`` tables.
+dot-product models, ``user_factors`` / ``item_factors`` tables; for item-item
+models (EASE), ``item_item.npy``; for torch models, ``model.pt``.
 
 ``metadata.json`` records what a reader needs to trust the vectors: the model
 name and kind, its hyperparameters, the resolved config, the schema version,
@@ -18,7 +19,7 @@ from recsys_spark.schemas import ITEM_FACTORS, ITEM_INDEX, SCHEMA_VERSION, USER_
 from recsys_spark.scoring import DotProductScorer, factor_matrix
 
 KIND_DOT_PRODUCT = "dot_product"  # user_factors . item_factors
-KIND_ITEM_ITEM = "item_item"  # user history x item_factors (EASE's item-item matrix rows)
+KIND_ITEM_ITEM = "item_item"  # user history x item_item.npy (EASE's item-item matrix)
 KIND_TORCH = "torch"  # a neural model that needs a forward pass (state_dict + config)
 
 
@@ -66,6 +67,33 @@ def save_metadata(
     }
     io.write_json(spark, metadata_path(warehouse, model), meta)
     return meta
+
+
+ITEM_ITEM_FILE = "item_item.npy"  # an item_item-kind model's matrix ([model items, model items] float32)
+
+
+def item_item_path(warehouse: str, model: str) -> str:
+    return f"{io.model_dir(warehouse, model)}/{ITEM_ITEM_FILE}"
+
+
+def save_item_item(spark: SparkSession, warehouse: str, model: str, local_npy: str) -> str:
+    """Copy an item-item matrix (a local ``.npy``) into the model folder, streamed.
+
+    A file, not a factors table: a 20,000-item matrix as table rows would pass
+    400 million floats through Python objects and the JVM.
+    """
+    io.copy_from_local(spark, local_npy, item_item_path(warehouse, model))
+    return item_item_path(warehouse, model)
+
+
+def load_item_item(spark: SparkSession, warehouse: str, model: str, local_dir: str) -> str:
+    """Copy a model's item-item matrix to ``local_dir``; the local path (memory-map it, don't read it)."""
+    src = item_item_path(warehouse, model)
+    if not io.path_exists(spark, src):
+        raise FileNotFoundError(f"model '{model}' has no {ITEM_ITEM_FILE} at {src} (train it first)")
+    local = f"{local_dir}/{ITEM_ITEM_FILE}"
+    io.copy_to_local(spark, src, local)
+    return local
 
 
 MODEL_FILE = "model.pt"  # a torch-kind model's state dict (torch.save), beside metadata.json
@@ -146,16 +174,20 @@ def users_with_factors(users: DataFrame, user_factors: DataFrame) -> DataFrame:
 __all__ = [
     "KIND_DOT_PRODUCT",
     "KIND_ITEM_ITEM",
+    "ITEM_ITEM_FILE",
     "KIND_TORCH",
     "MODEL_FILE",
     "dot_product_scorer",
     "factors_frame",
+    "item_item_path",
     "item_matrix",
+    "load_item_item",
     "load_metadata",
     "load_state_dict_bytes",
     "read_item_factors",
     "read_user_factors",
     "save_factors",
+    "save_item_item",
     "save_metadata",
     "save_state_dict",
     "state_dict_path",

@@ -5,18 +5,24 @@
   user's vector is [1]), so it is scored and served like any factor model.
 * EASE (Steck, "Embarrassingly Shallow Autoencoders for Sparse Data", WWW 2019):
   B = I - P diagMat(1 / diag(P)) with P = (X^T X + lambda I)^-1, zero diagonal;
-  a user's scores are their binary history times B. The Gram matrix X^T X is
-  computed by Spark (``RowMatrix.computeGramianMatrix``); the inverse on the
-  driver, so catalogs above ``ease.max_items`` are refused.
+  a user's scores are their binary history times B. The training pairs are
+  collected to the driver through Arrow; the Gram matrix X^T X is built there
+  by sparse products and inverted in place in float32 (one items x items matrix
+  at peak: 1.6 GB at 20,000 items). The need is checked against the driver's
+  memory first (:mod:`recsys_spark.memory`), and catalogs above
+  ``ease.max_items`` are refused.
 """
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import numpy as np
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from recsys_spark import memory
+from recsys_spark.memory import MemoryBudgetError
 from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
 from recsys_spark.scoring import popularity_scores
 
@@ -30,31 +36,137 @@ def popularity_vector(train: DataFrame, n_items: int, *, recent_days: int | None
     return popularity_scores(train, n_items=n_items, since=since)
 
 
-def gram_matrix(train: DataFrame, n_items: int) -> np.ndarray:
-    """X^T X for the binary user x item matrix of ``train``, computed by Spark."""
-    from pyspark.mllib.linalg import Vectors
-    from pyspark.mllib.linalg.distributed import RowMatrix
+def interaction_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct (user_index, item_index) pairs of ``train`` as two int32 arrays on the driver.
 
-    histories = train.groupBy(USER_INDEX).agg(F.array_sort(F.collect_set(ITEM_INDEX)).alias("items"))
-    rows = histories.rdd.map(lambda r: Vectors.sparse(n_items, r["items"], [1.0] * len(r["items"])))
-    return RowMatrix(rows).computeGramianMatrix().toArray()
+    Collected through Arrow (8 bytes a pair), not as Python rows: EASE needs
+    the binary user x item matrix whole to build its Gram matrix.
+    """
+    # No distinct(): training rows are one per pair, and gram_matrix counts a repeated pair once anyway.
+    pairs = train.select(F.col(USER_INDEX).cast("int"), F.col(ITEM_INDEX).cast("int"))
+    spark = train.sparkSession
+    key = "spark.sql.execution.arrow.pyspark.enabled"
+    before = spark.conf.get(key, "false")
+    spark.conf.set(key, "true")
+    try:
+        pdf = pairs.toPandas()
+    finally:
+        spark.conf.set(key, before)
+    return pdf[USER_INDEX].to_numpy(np.int32), pdf[ITEM_INDEX].to_numpy(np.int32)
+
+
+# Rows of the Gram matrix computed per sparse product: bounds the temporary
+# sparse block (at most block x n_items entries) whatever the catalog.
+_GRAM_BLOCK_ENTRIES = 50_000_000
+
+
+def gram_matrix(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+    """X^T X (float32, [n_items, n_items]) for the binary matrix with ones at (users, items).
+
+    Sparse products of row blocks of X^T with X (scipy's CSR kernels: work is
+    the sum of squared history lengths, not users x items^2), each block written
+    into one preallocated dense matrix. Counts are exact in float32 up to 2^24
+    users per item pair.
+    """
+    import scipy.sparse as sp
+
+    n_users = int(users.max()) + 1 if len(users) else 0
+    x = sp.csr_matrix((np.ones(len(users), dtype=np.float32), (users, items)), shape=(n_users, n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    xt = x.T.tocsr()
+    gram = np.zeros((n_items, n_items), dtype=np.float32)
+    block = max(1, _GRAM_BLOCK_ENTRIES // max(1, n_items))
+    for start in range(0, n_items, block):
+        gram[start : start + block] = (xt[start : start + block] @ x).toarray()
+    return gram
 
 
 def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
-    """EASE's closed form from the Gram matrix (float64 for the inverse)."""
-    g = np.array(gram, dtype=np.float64, copy=True)
-    g[np.diag_indices_from(g)] += l2
-    p = np.linalg.inv(g)
-    b = -p / np.diag(p)  # column j divided by P_jj
-    b[np.diag_indices_from(b)] = 0.0
-    return b.astype(np.float32)
+    """EASE's closed form from the Gram matrix, in place: ``gram`` becomes B (float32).
+
+    P = (G + lambda I)^-1 by LAPACK's Cholesky factorisation and inverse
+    (spotrf/spotri) in the matrix's own memory, then B = -P / diag(P) with a
+    zero diagonal, column by column block. Peak memory is one items x items
+    float32 matrix (the float64 ``np.linalg.inv`` route needed four times that).
+    float32 is enough: G + lambda I is well conditioned for lambda in EASE's range
+    (tests/test_baselines.py checks B against a float64 inverse).
+    """
+    from scipy.linalg import lapack
+
+    g = gram if gram.dtype == np.float32 and gram.flags.c_contiguous else np.ascontiguousarray(gram, np.float32)
+    n = g.shape[0]
+    g[np.diag_indices(n)] += np.float32(l2)
+    # g is symmetric, so its transpose is the same matrix in Fortran order: LAPACK
+    # works in place on it. Its upper triangle is g's lower one.
+    factor, info = lapack.spotrf(g.T, lower=0, clean=0, overwrite_a=1)
+    if info != 0:
+        raise ValueError(f"EASE: G + {l2} I is not positive definite (spotrf info={info}); raise ease.l2")
+    inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
+    if info != 0:
+        raise ValueError(f"EASE: inverting G + {l2} I failed (spotri info={info}); raise ease.l2")
+    if not np.shares_memory(inverse, g):  # LAPACK could not work in place: take its copy
+        g[...] = inverse.T
+        del inverse
+    block = max(1, _GRAM_BLOCK_ENTRIES // max(1, n) // 4)
+    cols = np.arange(n)
+    for start in range(0, n, block):
+        end = min(n, start + block)
+        # Rows start:end, upper part (column >= row) from the valid lower triangle.
+        upper = cols[None, start:] >= cols[start:end, None]
+        g[start:end, start:] = np.where(upper, g[start:, start:end].T, g[start:end, start:])
+    diag = g.diagonal().copy()
+    for start in range(0, n, block):
+        g[start : start + block] /= -diag  # column j divided by P_jj
+    g[np.diag_indices(n)] = 0.0
+    return g
 
 
-def fit_ease(train: DataFrame, n_items: int, *, l2: float, max_items: int) -> np.ndarray:
+def ease_memory_need(n_items: int, n_pairs: int) -> int:
+    """Bytes the driver holds for EASE: the dense items x items matrix, X and X^T (CSR), one block."""
+    dense = 4 * n_items * n_items
+    csr = 2 * (8 * n_pairs + 8 * n_items) + 16 * n_pairs  # X and X^T, plus the collected pair arrays
+    block = 3 * 4 * min(n_items * n_items, _GRAM_BLOCK_ENTRIES)  # a sparse block and its dense copy, at worst
+    return dense + csr + block
+
+
+def fit_ease(
+    train: DataFrame, n_items: int, *, l2: float, max_items: int, python_memory: int | None = None
+) -> np.ndarray:
+    """EASE's B ([n_items, n_items] float32) fitted on ``train``, within the driver's memory.
+
+    Raises:
+        MemoryBudgetError: the catalog is above ``ease.max_items``, or its
+            matrices would not fit the driver's memory (checked before anything is computed).
+    """
     if n_items > max_items:
-        raise ValueError(
+        raise MemoryBudgetError(
             f"EASE: the catalog has {n_items} items, above ease.max_items={max_items}; its dense "
-            f"item x item inverse (~{2 * 8 * n_items * n_items / 2**30:.1f} GiB) is computed on the driver. "
-            "Raise ease.max_items with driver memory to match, or leave EASE out for this catalog."
+            f"item x item matrix ({memory.format_size(4 * n_items * n_items)}) is held on the driver. "
+            "Raise ease.max_items (the driver needs ~4 x items^2 bytes free), or leave EASE out for this catalog."
         )
-    return ease_from_gram(gram_matrix(train, n_items), l2)
+    spark = train.sparkSession
+    n_pairs = train.count()
+    remedy = (
+        "Lower ease.max_items to leave EASE out of catalogs this size, or run the driver "
+        "where more memory is free (spark.driver_python_memory caps this budget)."
+    )
+    memory.require_python(
+        f"EASE on {n_items} items ({n_pairs} training pairs)", ease_memory_need(n_items, n_pairs),
+        remedy=remedy, cap=python_memory,
+    )
+    # The pairs cross the driver JVM as Arrow batches before reaching Python.
+    memory.require_driver_jvm(
+        spark, f"collecting EASE's {n_pairs} training pairs", 12 * n_pairs,
+        remedy="Raise spark.driver_memory, or lower ease.max_items to leave EASE out.",
+    )
+    started = time.perf_counter()
+    users, items = interaction_pairs(train)
+    collected = time.perf_counter()
+    gram = gram_matrix(users, items, n_items)
+    del users, items
+    built = time.perf_counter()
+    b = ease_from_gram(gram, l2)
+    print(f"EASE: {n_items} items, {n_pairs} pairs: collected in {collected - started:.1f} s, "
+          f"Gram matrix in {built - collected:.1f} s, inverse in {time.perf_counter() - built:.1f} s", flush=True)
+    return b

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from recsys_spark.memory import require_broadcast
 from recsys_spark.models import registry
 from recsys_spark.models.base import RecModel
 
@@ -109,6 +110,7 @@ class TorchModelScorer:
         # Unique per scorer: two scorers never share a cached model built from other arguments.
         self.model_id = f"{model_name}-{hashlib.sha256(state_dict_bytes).hexdigest()[:12]}-{uuid.uuid4().hex[:12]}"
         # One broadcast for weights and build arguments (item features can be large too).
+        require_broadcast(spark, f"model '{model_name}'", len(state_dict_bytes))
         self._payload = spark.sparkContext.broadcast((state_dict_bytes, build_kwargs))
 
     def _model(self) -> tuple[RecModel, torch.device]:

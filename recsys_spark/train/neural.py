@@ -28,7 +28,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io, model_eval, split
+from recsys_spark import io, memory, model_eval, split
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, registry
 from recsys_spark.schemas import ITEM_INDEX, ITEMS, USER_INDEX, WEIGHT
@@ -148,6 +148,45 @@ def clear_checkpoints(cfg: Config, name: str) -> None:
         checkpoint.clear(checkpoint_dir(cfg, name, phase))
 
 
+def _estimate_kwargs(n_users: int, n_items: int, params: dict, features) -> dict:
+    import torch
+
+    kwargs: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "params": params}
+    if features:
+        kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in features.items()}
+    return kwargs
+
+
+def check_training_memory(
+    cls, build_kwargs: dict, *, name: str, n_items: int, batch_size: int, num_processes: int,
+    executor_python_memory: str | None = None, available: int | None = None,
+) -> int:
+    """Refuse a model whose training processes would not fit, before anything is materialised.
+
+    The need comes from the model's own parameters (built on the meta device, so
+    catalog-wide layers such as Mult-VAE's are counted whatever the model) and
+    [users, items] blocks. Each process is checked against
+    ``spark.executor.pyspark.memory`` when set; all of them together against
+    what this machine has available (``available``; default: measured), which
+    is where they run on a local master or the local standalone cluster.
+
+    Returns:
+        The bytes one process needs.
+    """
+    per_process = memory.training_need(memory.parameter_bytes(cls, build_kwargs), n_items=n_items,
+                                       batch_size=batch_size)
+    remedy = (f"Lower neural.batch_size or the model's catalog-wide sizes (neural.models.{name}), "
+              "run fewer neural.num_processes, or leave the model out (RECSYS_MODELS for scripts/pipeline.sh).")
+    if executor_python_memory:
+        memory.require(f"training '{name}' (one process, {n_items} items)", per_process,
+                       memory.parse_size(executor_python_memory), share=1.0,
+                       remedy=remedy + " Or raise spark.executor.pyspark.memory.")
+    memory.require(f"training '{name}' ({num_processes} processes, {n_items} items)", per_process * num_processes,
+                   memory.python_available_bytes() if available is None else available,
+                   share=memory.PYTHON_SHARE, remedy=remedy)
+    return per_process
+
+
 def fit(
     spark: SparkSession,
     cfg: Config,
@@ -183,6 +222,9 @@ def fit(
         validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
     settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
+    check_training_memory(cls, _estimate_kwargs(n_users, n_items, params, features), name=name,
+                          n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
+                          executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"))
     started = time.time()
     pdata = data.materialise(
         spark, examples, cache_dir=nc.cache_dir, shard_count=nc.num_processes,

@@ -8,7 +8,7 @@ then <warehouse>/recommendations/_latest.json. See docs/tables.md#recommendation
 
     scripts/submit.sh jobs/recommend.py --dataset synthetic [--force] [--set recommend.model=als]
 
-Exit status: 0 published; 2 bad config; 3 refused by the quality gate (metric
+Exit status: 0 published; 2 bad config or no such model to serve; 3 refused by the quality gate (metric
 drop or coverage; --force publishes anyway and says so in the manifest);
 4 the output failed validation (never published, --force or not).
 """
@@ -26,8 +26,14 @@ EXIT_INVALID = 4
 
 
 def main(argv=None) -> dict:
-    args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
-        "--force", action="store_true", help="publish even when the quality gate fails (recorded in the manifest)"))
+    def add_args(parser):
+        parser.add_argument("--force", action="store_true",
+                            help="publish even when the quality gate fails (recorded in the manifest)")
+        parser.add_argument("--models", default=None,
+                            help="comma-separated models the serving model is chosen from (default: every model "
+                                 "folder; scripts/pipeline.sh passes the models this run trained)")
+
+    args, cfg = parse_job_args(__doc__, argv, add_args)
     try:
         recommend.check_conf(cfg.recommend)
     except ConfigError as exc:
@@ -36,13 +42,17 @@ def main(argv=None) -> dict:
     spark = build_spark(cfg, "recommend")
     day = run_date(cfg)
     try:
-        manifest = recommend.run(spark, cfg, run_date=day, force=args.force)
+        names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
+        manifest = recommend.run(spark, cfg, run_date=day, force=args.force, model_names=names)
     except recommend.QualityGateRefused as exc:
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_REFUSED) from None
     except recommend.ValidationFailed as exc:
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
+    except recommend.RecommendError as exc:  # no such model, none to choose from: a setting to fix
+        print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",
                                         "deleted_runs", "code_version")}
     report["gate_failures_overridden"] = manifest["quality_gate"]["failures"] if manifest["forced"] else []

@@ -23,6 +23,7 @@ Three layers, each usable alone:
 from __future__ import annotations
 
 import datetime as dt
+import os
 import subprocess
 import uuid
 from dataclasses import dataclass
@@ -203,12 +204,15 @@ def load_serving_model(
             item_vectors=matrix if matrix.shape[1] >= 2 else None,
         )
     if kind == artifacts.KIND_ITEM_ITEM:
-        # EASE: item_factors rows are rows of B, [n_items, model items]; items
-        # indexed after training have no column, CatalogScorer pads them with -inf.
-        matrix, _ = artifacts.item_matrix(artifacts.read_item_factors(spark, warehouse, name), n_items)
-        model_items = matrix.shape[1]
+        # EASE: B is [model items, model items]; items indexed after training
+        # have no column (CatalogScorer pads them with -inf) and no row (add nothing).
+        import tempfile
+
+        local = artifacts.load_item_item(spark, warehouse, name, tempfile.mkdtemp(prefix="recsys-serve-"))
+        scorer = ItemItemScorer(spark, local_path=local)  # hard-linked into the shipped file's folder
+        os.remove(local)
         return ServingModel(
-            name, kind, meta, ItemItemScorer(spark, matrix), np.arange(n_items) < model_items, min_history=1
+            name, kind, meta, scorer, np.arange(n_items) < scorer.n_items, min_history=1
         )
     if kind == artifacts.KIND_TORCH:
         return _load_torch_model(spark, warehouse, name, meta, n_items=n_items, history_length=history_length)
@@ -971,8 +975,14 @@ def list_models(spark: SparkSession, warehouse: str) -> dict[str, dict]:
     return out
 
 
-def run(spark: SparkSession, cfg: Config, *, run_date: str, force: bool = False) -> dict:
+def run(
+    spark: SparkSession, cfg: Config, *, run_date: str, force: bool = False, model_names: list[str] | None = None
+) -> dict:
     """Recommend for every known user and publish ``recommendations/run_date=<run_date>``.
+
+    Args:
+        model_names: the models the serving model is chosen from (the ones this
+            run trained); None: every model folder in the warehouse.
 
     Returns the manifest. Raises what :func:`publish` raises.
     """
@@ -980,6 +990,11 @@ def run(spark: SparkSession, cfg: Config, *, run_date: str, force: bool = False)
     check_conf(conf)
     primary = cfg.evaluation.primary_metric
     models = list_models(spark, wh)
+    if model_names is not None:
+        missing = sorted(set(model_names) - set(models))
+        if missing:
+            raise RecommendError(f"models {missing} were named (--models) but have no readable model folder")
+        models = {name: meta for name, meta in models.items() if name in model_names}
     name = select_model(models, primary, conf.model)
     meta = models[name]
 

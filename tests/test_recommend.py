@@ -525,3 +525,35 @@ def test_torch_model_is_served_by_a_forward_pass(spark, base_wh, tmp_path):
     scores[history[0]] = float("-inf")
     want = scores.topk(N).values.numpy()
     np.testing.assert_allclose(recs[recs.user_id == user].score.to_numpy(), want, rtol=1e-5)
+
+
+@pytest.mark.spark
+def test_ease_is_served_from_its_shipped_item_item_file(spark, base_wh, tmp_path):
+    """EASE's B travels as item_item.npy (addFile + memory map), not as a broadcast or a table:
+    the published scores are each user's history times B, and explanations come from B."""
+    from recsys_spark.models import artifacts
+
+    wh = copy_wh(base_wh, tmp_path)
+    load_job("train_baselines").main(["--warehouse", wh, "--set", f"run_date={DAY1}", "--models", "ease"])
+    b = np.load(artifacts.item_item_path(wh, "ease"))
+    n_items = io.read_table(spark, wh, ITEM_INDEX_TABLE).count()
+    assert b.shape == (n_items, n_items) and b.dtype == np.float32 and not np.diag(b).any()
+    assert not Path(io.model_dir(wh, "ease"), "item_factors").exists()
+
+    load_job("recommend").main(job_args(wh, DAY1, "recommend.model=ease"))
+    recs = read_run(wh, DAY1)
+    served = recs[recs.source == "model"]
+    assert set(served.model) == {"ease"} and (served.groupby("user_id").size() == N).all()
+    seen = interactions_raw(spark, wh)
+    items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().set_index("item_id").item_index
+    for user in served.user_id.unique()[:5]:
+        history = np.array(sorted(items[seen[seen.user_id == user].item_id]))
+        scores = b[history].sum(axis=0)
+        scores[history] = -np.inf
+        mine = served[served.user_id == user]
+        np.testing.assert_allclose(mine.score.to_numpy(), np.sort(scores)[::-1][:N], rtol=1e-5)
+        # An explanation is a history item with a positive weight towards the recommendation.
+        for rec_item, why in zip(mine.item_id, mine.explanation):
+            if why is not None:
+                assert why in set(seen[seen.user_id == user].item_id)
+                assert b[items[why], items[rec_item]] > 0

@@ -31,7 +31,9 @@ def read_item_metadata(spark, items_conf):
     if items_conf.format == "parquet":
         raw = spark.read.parquet(items_conf.path)
     else:
-        raw = spark.read.csv(items_conf.path, header=items_conf.csv_header, sep=items_conf.csv_delimiter)
+        # RFC 4180 quoting: a title may hold the delimiter or a doubled quote ("Bird, The ""Big"" (1990)").
+        raw = spark.read.csv(items_conf.path, header=items_conf.csv_header, sep=items_conf.csv_delimiter,
+                             quote='"', escape='"')
     for key in ("item_id", "title", "year", "genres"):
         column = getattr(items_conf, key)
         if column and column not in raw.columns:
@@ -43,6 +45,7 @@ def read_item_metadata(spark, items_conf):
         year=items_conf.year,
         genres=items_conf.genres,
         genres_delimiter=items_conf.genres_delimiter,
+        year_from_title=items_conf.year_from_title,
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark.config import CANONICAL_EVENT_TYPES
@@ -181,6 +181,12 @@ def build_items(events: DataFrame, item_index: DataFrame, metadata: DataFrame | 
     return items.join(metadata.select(ITEM_ID, "title", "year", "genres"), ITEM_ID, "left")
 
 
+def year_in_title(title: Column) -> Column:
+    """The year in "Title (YYYY)" (trailing spaces allowed), else null."""
+    found = F.regexp_extract(title, r"\((\d{4})\)\s*$", 1)
+    return F.when(found != "", found.cast("int"))
+
+
 def parse_item_metadata(
     raw: DataFrame,
     *,
@@ -189,11 +195,14 @@ def parse_item_metadata(
     year: str | None,
     genres: str | None,
     genres_delimiter: str = "|",
+    year_from_title: bool = False,
 ) -> DataFrame:
     """Map a raw item file (string columns) to ``item_id``, ``title``, ``year``, ``genres``.
 
     A year that is not a number becomes null rather than failing the run:
-    metadata is decoration, the interactions are the product.
+    metadata is decoration, the interactions are the product. With
+    ``year_from_title`` and no year column, the year is the four digits in
+    parentheses at the end of the title ("Heat (1995)"), as MovieLens writes it.
     """
     def col_or_null(name: str | None, dtype: str):
         return F.col(name).cast(dtype) if name else F.lit(None).cast(dtype)
@@ -206,6 +215,7 @@ def parse_item_metadata(
     return raw.select(
         F.trim(F.col(item_id)).alias(ITEM_ID),
         col_or_null(title, "string").alias("title"),
-        col_or_null(year, "int").alias("year"),
+        (year_in_title(F.col(title)) if year is None and year_from_title and title
+         else col_or_null(year, "int")).alias("year"),
         genre_col.alias("genres"),
     ).dropDuplicates([ITEM_ID])

@@ -39,9 +39,9 @@ import json, sys
 path, outcome, code = sys.argv[1], sys.argv[2], int(sys.argv[3])
 stages = []
 for line in open(path, encoding="utf-8"):
-    name, status, seconds, log, reason = line.rstrip("\n").split("\t")
-    stages.append({"stage": name, "status": status, "seconds": int(seconds), "log": log,
-                   "reason": reason or None})
+    name, status, started, ended, log, reason = line.rstrip("\n").split("\t")
+    stages.append({"stage": name, "status": status, "seconds": int(ended) - int(started),
+                   "started_at": int(started), "ended_at": int(ended), "log": log, "reason": reason or None})
 print(json.dumps({"outcome": outcome, "exit_code": code, "stages": stages}, indent=2))
 PY
 }
@@ -63,18 +63,20 @@ stage() {  # stage NAME JOB [job args]: run one job, keep its log and status; re
   local name=$1 job=$2; shift 2
   last_rc=0
   if [[ "$wanted" != "  " && "$wanted" != *" ${name%% *} "* ]]; then return 0; fi
-  local t0=$SECONDS log="$logs/${name// /_}.log"
+  local t0 t1 log="$logs/${name// /_}.log"
+  t0=$(date +%s)
   printf '%-34s' "$name"
   ./scripts/submit.sh "$job" "$@" >"$log" 2>&1
   last_rc=$?
+  t1=$(date +%s)
   if [[ $last_rc == 0 ]]; then
-    echo "ok ($((SECONDS - t0)) s)"
-    printf '%s\tok\t%d\t%s\t\n' "$name" $((SECONDS - t0)) "$log" >> "$status_tsv"
+    echo "ok ($((t1 - t0)) s)"
+    printf '%s\tok\t%d\t%d\t%s\t\n' "$name" "$t0" "$t1" "$log" >> "$status_tsv"
   else
     local reason
     reason=$(failure_reason "$log")
-    echo "FAILED (exit $last_rc, $((SECONDS - t0)) s): ${reason:-see the log}; log: $log"
-    printf '%s\tfailed\t%d\t%s\t%s\n' "$name" $((SECONDS - t0)) "$log" "exit $last_rc: $reason" >> "$status_tsv"
+    echo "FAILED (exit $last_rc, $((t1 - t0)) s): ${reason:-see the log}; log: $log"
+    printf '%s\tfailed\t%d\t%d\t%s\t%s\n' "$name" "$t0" "$t1" "$log" "exit $last_rc: $reason" >> "$status_tsv"
   fi
   return $last_rc
 }

@@ -607,3 +607,12 @@ def test_submitted_train_neural_exits_on_a_local_master(spark, tmp_path):
     assert proc.returncode == 0, out[-5000:]
     assert "== train_neural" in out and '"model": "two_tower"' in out, out[-5000:]
     assert artifacts.load_metadata(spark, wh, "two_tower")["model"] == "two_tower"
+
+
+def test_run_job_exit_status_is_what_python_would_have_given():
+    from recsys_spark.session import exit_code_of
+
+    assert exit_code_of(SystemExit()) == 0 and exit_code_of(SystemExit(0)) == 0
+    assert exit_code_of(SystemExit(3)) == 3
+    assert exit_code_of(SystemExit("usage: ...")) == 1  # sys.exit("message")
+    assert exit_code_of(ValueError("boom")) == 1

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from pyspark.sql import SparkSession
 
+from recsys_spark.train.launch import PEER_LOST
 from recsys_spark.train.loop import TrainSettings
 
 
@@ -158,6 +159,13 @@ _LAUNCHER_LINE = re.compile(
 )
 
 
+def _output_tail(text: str) -> str:
+    """The processes' output in TorchDistributor's error ("Command [...] failed with return
+    code N. The task output is included below: <output>"), without the tracebacks Spark wraps it in."""
+    marker = text.find("included below:")
+    return text[marker + len("included below:"):].lstrip(" ") if marker >= 0 else text
+
+
 def describe_failure(text: str) -> dict[str, Any]:
     """Rank, exit code, signal and last output line of the first failed process in a torchrun report.
 
@@ -165,11 +173,7 @@ def describe_failure(text: str) -> dict[str, Any]:
     ending in torchelastic's report (its "Root Cause" entry first when there
     are several). Fields it cannot find are None.
     """
-    # TorchDistributor's error: "Command [...] failed with return code N. The task output
-    # is included below: <output>"; Spark wraps it in tracebacks of its own.
-    marker = text.find("included below:")
-    if marker >= 0:
-        text = text[marker + len("included below:"):].lstrip(" ")
+    text = _output_tail(text)
     root = text.find("Root Cause")
     report = text[root:] if root >= 0 else text
     rank, exitcode, signal = (_REPORT_RANK.search(report), _REPORT_EXIT.search(report),
@@ -246,9 +250,7 @@ def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str,
         how = (f"killed by {found['signal']}" if found["signal"]
                else f"exited with status {found['exitcode']}" if found["exitcode"] is not None else "failed")
         rank = "?" if found["rank"] is None else found["rank"]
-        from recsys_spark.train.launch import PEER_LOST
-
-        if PEER_LOST.search(text):
+        if PEER_LOST.search(_output_tail(text)):
             how += " after losing a peer (another process may have died first: see its report in the logs)"
         raise TrainingProcessFailed(
             f"[{job.model_name}] training process rank {rank} of {num_processes} {how}; "

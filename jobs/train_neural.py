@@ -14,7 +14,7 @@ from recsys_spark import io, model_eval
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.models import registry
 from recsys_spark.schemas import SPLIT
-from recsys_spark.session import build_spark
+from recsys_spark.session import build_spark, run_job
 from recsys_spark.train import neural
 
 
@@ -57,4 +57,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    # Not main(): the barrier stage leaves a JVM thread that would keep spark-submit alive
+    # after this script ends on a local master; run_job stops Spark and ends the JVM.
+    run_job(main)

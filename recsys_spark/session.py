@@ -1,8 +1,12 @@
 """Building the SparkSession every job and test uses."""
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import traceback
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
@@ -40,3 +44,65 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def exit_code_of(exc: BaseException) -> int:
+    """The process exit status Python would give for ``exc`` (SystemExit's code; 1 for any other error)."""
+    if isinstance(exc, SystemExit):
+        if exc.code is None:
+            return 0
+        if isinstance(exc.code, int):
+            return exc.code
+        print(exc.code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits 1
+        return 1
+    return 1
+
+
+def run_job(main: Callable[[], Any]) -> NoReturn:
+    """Run a spark-submit job's ``main()``, then stop Spark and end the driver with the job's status.
+
+    For jobs that run a barrier stage (TorchDistributor). On a local master
+    the barrier tasks run in the driver's JVM, and Spark 3.5 leaves a
+    non-daemon thread there, ``Barrier task timer for barrier() calls.``
+    (the ``java.util.Timer`` of the ``BarrierTaskContext`` object, created
+    non-daemon and never cancelled). spark-submit runs the Python driver as a child
+    of its JVM: when Python exits 0, ``PythonRunner`` returns from ``main`` and
+    the JVM then waits for its non-daemon threads, that is forever; only a
+    non-zero status made it call ``System.exit``. Ending Python alone
+    (``os._exit``) therefore leaves the JVM hanging. So, after Spark is
+    stopped and Python's output flushed, this ends the JVM with
+    ``System.exit(status)`` (spark-submit's, hence ``scripts/submit.sh``'s,
+    exit status) and then this process with the same status, skipping an
+    interpreter teardown nobody waits for. An exception in ``main`` is printed
+    and gives status 1, as an uncaught one would.
+    """
+    try:
+        main()
+        code = 0
+    except BaseException as exc:  # noqa: BLE001 - every way out must end the JVM too
+        if not isinstance(exc, SystemExit):
+            traceback.print_exc()
+        code = exit_code_of(exc)
+    end_driver(code)
+
+
+def end_driver(code: int) -> NoReturn:
+    """Stop the active SparkContext, end the JVM with ``System.exit(code)``, then this process (see :func:`run_job`)."""
+    sc = SparkContext._active_spark_context
+    if sc is not None:
+        try:
+            sc.stop()
+        except Exception:  # noqa: BLE001 - a failed stop must not keep the driver alive
+            traceback.print_exc()
+            code = code or 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    jvm = SparkContext._jvm
+    if jvm is not None:
+        # The JVM dies inside this call, so py4j sees its connection drop: expected, not worth a log line.
+        logging.getLogger("py4j").setLevel(logging.CRITICAL)
+        try:
+            jvm.java.lang.System.exit(code)
+        except Exception:  # noqa: BLE001
+            pass
+    os._exit(code)

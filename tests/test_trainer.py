@@ -4,9 +4,13 @@ TorchDistributor that learns planted structure, and (once the neural models are
 registered) jobs/train_neural.py end to end, and the tuning sweep protocol."""
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import importlib.util
 import math
+import os
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -281,7 +285,7 @@ def test_popularity_negatives_follow_the_counts():
 # --------------------------------------------------------------------------- distributed
 
 
-def _train_two_gloo_processes(spark, tmp_path, train, held, run):
+def _train_two_gloo_processes(spark, tmp_path, train, held, run, model_class=TinyMF):
     from pyspark import cloudpickle
 
     from recsys_spark.train import data, distributed
@@ -296,7 +300,7 @@ def _train_two_gloo_processes(spark, tmp_path, train, held, run):
     pdata = data.materialise(spark, examples, cache_dir=str(tmp_path / f"cache{run}"), shard_count=2, seed=1,
                              validation=val_frames)
     job = distributed.WorkerJob(
-        model_name="tiny_mf", model_class=TinyMF, build_kwargs={"n_users": N_USERS, "n_items": N_ITEMS, "params": {}},
+        model_name="tiny_mf", model_class=model_class, build_kwargs={"n_users": N_USERS, "n_items": N_ITEMS, "params": {}},
         data=pdata, settings=_settings(epochs=8, patience=2), item_counts=data.item_counts(rows, N_ITEMS),
         batch_size=32, checkpoint_dir=str(tmp_path / f"ck{run}"), run_key="t",
         threads_per_process=1, use_gpu=False,
@@ -334,6 +338,89 @@ def test_two_gloo_processes_learn_the_planted_structure_reproducibly(spark, tmp_
     assert [h["loss"] for h in again["history"]] == [h["loss"] for h in result["history"]]
     first, second = (loop.state_dict_from_bytes(r["state_dict"]) for r in (result, again))
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+class AbortingMF(TinyMF):
+    """TinyMF whose rank-1 process aborts at its third step (SIGABRT, as std::terminate does)."""
+
+    def loss(self, batch, ctx):
+        import os
+
+        import torch.distributed as dist
+
+        if dist.get_rank() == 1 and ctx.step == 2:
+            print("AbortingMF: rank 1 aborts now", flush=True)
+            os.abort()
+        return super().loss(batch, ctx)
+
+
+@contextlib.contextmanager
+def hang_bound(seconds):
+    """Fail (rather than hang the suite) if the block runs longer than ``seconds``: a bound, not a speed test."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: hung")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+def test_a_rank_that_dies_fails_the_run_naming_rank_signal_and_last_line(spark, tmp_path):
+    from recsys_spark.train import distributed
+
+    train, held = planted()
+    # Before the fix the run "succeeded" after rank 0 waited 300 s for the dead rank.
+    with hang_bound(240), pytest.raises(distributed.TrainingProcessFailed) as failed:
+        _train_two_gloo_processes(spark, tmp_path, train, held, run=3, model_class=AbortingMF)
+    err = failed.value
+    assert (err.rank, err.signal) == (1, "SIGABRT"), str(err)
+    assert err.last_line == "AbortingMF: rank 1 aborts now", str(err)
+    assert "rank 1 of 2 killed by SIGABRT" in str(err) and "AbortingMF: rank 1 aborts now" in str(err)
+    # The session is usable afterwards (the barrier stage was aborted, not left running).
+    assert spark.range(4).count() == 4
+
+
+def test_describe_failure_reads_torchruns_report():
+    from recsys_spark.train import distributed
+
+    text = """Traceback (most recent call last):
+  File "/x/pyspark/worker.py", line 1247, in main
+RuntimeError: Command ['python', '-m', 'recsys_spark.train.launch', 'guard'] failed with return code 1. \
+The task output is included below: [tiny_mf] epoch 1/8 loss 0.69
+terminate called without an active exception
+E1201 05:18:33.726000 10764 .../elastic/multiprocessing/api.py:1002] failed (exitcode: -6) local_rank: 0 (pid: 10803)
+Traceback (most recent call last):
+  File "/x/torch/distributed/run.py", line 1032, in <module>
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+launch FAILED
+------------------------------------------------------------
+Failures:
+  <NO_OTHER_FAILURES>
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-12-01_05:18:33
+  host      : localhost
+  rank      : 1 (local_rank: 0)
+  exitcode  : -6 (pid: 10803)
+  error_file: <N/A>
+  traceback : Signal 6 (SIGABRT) received by PID 10803
+============================================================"""
+    assert distributed.describe_failure(text) == {
+        "rank": 1, "exitcode": -6, "signal": "SIGABRT", "last_line": "terminate called without an active exception"}
+    raised = text.replace("terminate called without an active exception", "[rank0]: ValueError: bad batch")
+    raised = raised.replace("rank      : 1", "rank      : 0").replace("exitcode  : -6", "exitcode  : 1")
+    raised = raised.replace("Signal 6 (SIGABRT) received by PID 10803", "To enable traceback see: https://x")
+    assert distributed.describe_failure(raised) == {
+        "rank": 0, "exitcode": 1, "signal": None, "last_line": "[rank0]: ValueError: bad batch"}
 
 
 # --------------------------------------------------------------------------- the job
@@ -482,3 +569,50 @@ def test_sweep_script_selects_refits_and_scores_test_like_the_job(spark):
     popularity = local_metrics.evaluate(lambda r: pop.expand(len(test.users[r]), -1), len(test.users), test.seen,
                                         test.relevant, metric="ndcg_at_5")
     assert result["test"] > popularity + 0.1, (result, popularity)
+
+
+@pytest.mark.spark
+@pytest.mark.slow
+@pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
+def test_submitted_train_neural_exits_on_a_local_master(spark, tmp_path):
+    """scripts/submit.sh jobs/train_neural.py with SPARK_MASTER=local[2] ends, with status 0 and its report.
+
+    The barrier stage runs in the driver's JVM there and leaves a non-daemon
+    thread behind; the job printed its report and then never exited. The
+    timeout bounds a hang; it says nothing about speed.
+    """
+    from recsys_spark.models import artifacts
+    from tests.conftest import REPO
+
+    wh = str(tmp_path / "wh")
+    _write_planted_warehouse(spark, wh)
+    env = {**os.environ, "SPARK_MASTER": "local[2]", "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    argv = [
+        str(REPO / "scripts" / "submit.sh"), "jobs/train_neural.py", "--model", "two_tower", "--warehouse", wh,
+        "--set", "neural.epochs=2", "--set", "neural.batch_size=128", "--set", "neural.refit=false",
+        "--set", "evaluation.ks=[5]", "--set", "evaluation.primary_metric=ndcg_at_5",
+        "--set", "spark.shuffle_partitions=2",
+        "--set", f"neural.cache_dir={tmp_path / 'cache'}", "--set", f"neural.checkpoint_dir={tmp_path / 'ck'}",
+        "--set", "neural.models={two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}",
+    ]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # submit.sh ends spark-submit's process group on SIGTERM
+        out, _ = proc.communicate()
+        pytest.fail(f"train_neural did not exit within 600 s; its output ends:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-5000:]
+    assert "== train_neural" in out and '"model": "two_tower"' in out, out[-5000:]
+    assert artifacts.load_metadata(spark, wh, "two_tower")["model"] == "two_tower"
+
+
+def test_run_job_exit_status_is_what_python_would_have_given():
+    from recsys_spark.session import exit_code_of
+
+    assert exit_code_of(SystemExit()) == 0 and exit_code_of(SystemExit(0)) == 0
+    assert exit_code_of(SystemExit(3)) == 3
+    assert exit_code_of(SystemExit("usage: ...")) == 1  # sys.exit("message")
+    assert exit_code_of(ValueError("boom")) == 1

@@ -15,15 +15,26 @@ reference, and everything it needs is imported inside it. The executors need
 not the subprocesses torchrun starts). The same code runs with one process.
 Backend: NCCL when the processes have GPUs, gloo otherwise. Returns rank 0's
 result only (the others return None).
+
+A process that dies fails the run within seconds, whatever its rank and
+whenever it dies, and processes do not die at exit: :func:`run` starts them
+through :mod:`recsys_spark.train.launch` (which says why pyspark's own launch
+did neither). A rank's non-zero status fails its Spark task; Spark aborts the
+barrier stage (a barrier result stage is never retried) and kills the other
+tasks, whose torchrun pyspark's wrapper then ends; :func:`run` raises
+:class:`TrainingProcessFailed` naming the rank, the signal or exit status, and
+the process's last output line.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from pyspark.sql import SparkSession
 
+from recsys_spark.train.launch import PEER_LOST
 from recsys_spark.train.loop import TrainSettings
 
 
@@ -127,11 +138,94 @@ def resolve_use_gpu(spark: SparkSession, setting: str) -> bool:
     return True
 
 
+class TrainingProcessFailed(RuntimeError):
+    """A training process died or failed; ``rank``, ``exitcode``, ``signal`` and ``last_line`` say which and how."""
+
+    def __init__(self, message: str, *, rank: int | None, exitcode: int | None, signal: str | None,
+                 last_line: str | None):
+        super().__init__(message)
+        self.rank, self.exitcode, self.signal, self.last_line = rank, exitcode, signal, last_line
+
+
+# torchelastic's failure report (ChildFailedError), as torchrun prints it.
+_REPORT_RANK = re.compile(r"rank\s*:\s*(\d+)")
+_REPORT_EXIT = re.compile(r"exitcode\s*:\s*(-?\d+)")
+_REPORT_SIGNAL = re.compile(r"Signal \d+ \((SIG\w+)\)")
+# Lines of torchrun's own logging and failure report, not the training process's.
+_LAUNCHER_LINE = re.compile(
+    r"^([EWI]\d{4} \d|Traceback \(most recent call last\)|torch\.distributed\.elastic|={5,}|-{5,}|\s+File \"|"
+    r"\s*(time|host|rank|exitcode|error_file|traceback)\s*:|Failures:|Root Cause|\[\d+\]:$|<NO_OTHER_FAILURES>|"
+    r"\S+ FAILED$|\s*\^+$|\s+\S)"
+)
+
+
+def _output_tail(text: str) -> str:
+    """The processes' output in TorchDistributor's error ("Command [...] failed with return
+    code N. The task output is included below: <output>"), without the tracebacks Spark wraps it in."""
+    marker = text.find("included below:")
+    return text[marker + len("included below:"):].lstrip(" ") if marker >= 0 else text
+
+
+def describe_failure(text: str) -> dict[str, Any]:
+    """Rank, exit code, signal and last output line of the first failed process in a torchrun report.
+
+    ``text`` is what TorchDistributor raised with: torchrun's output tail,
+    ending in torchelastic's report (its "Root Cause" entry first when there
+    are several). Fields it cannot find are None.
+    """
+    text = _output_tail(text)
+    root = text.find("Root Cause")
+    report = text[root:] if root >= 0 else text
+    rank, exitcode, signal = (_REPORT_RANK.search(report), _REPORT_EXIT.search(report),
+                              _REPORT_SIGNAL.search(report))
+    last_line = None
+    for line in text.splitlines():
+        if "Traceback (most recent call last)" in line and "[rank" not in line:
+            break  # torchrun's own traceback starts: the processes' output is above it
+        if line.strip() and not _LAUNCHER_LINE.match(line) and "FutureWarning" not in line:
+            last_line = line.strip()
+    return {
+        "rank": int(rank.group(1)) if rank else None,
+        "exitcode": int(exitcode.group(1)) if exitcode else None,
+        "signal": signal.group(1) if signal else None,
+        "last_line": last_line,
+    }
+
+
+def _launch_torchrun(input_params: dict[str, Any], train_path: str, *args: Any, **kwargs: Any) -> None:
+    """TorchDistributor's launch of one task's ``torchrun``, keeping its exit status and ending processes cleanly.
+
+    Runs in the Spark task (pickled with the task function). The command is
+    TorchDistributor's own with two substitutions (see :mod:`recsys_spark.train.launch`):
+    pyspark's wrapper runs under ``launch guard``, which exits with torchrun's
+    status, and each training process runs ``launch process`` on the files
+    TorchDistributor wrote next to ``train_path`` (the same work as that file,
+    ending with ``os._exit``). ``_execute_command`` raises on a non-zero
+    status, with the tail of the output, and Spark fails the barrier stage.
+    """
+    import os
+
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    if kwargs or args:
+        raise ValueError("the training function's arguments travel pickled, not on the command line")
+    cmd = TorchDistributor._create_torchrun_command(input_params, train_path)
+    wrapper = "pyspark.ml.torch.torch_run_process_wrapper"
+    if cmd[1:3] != ["-m", wrapper] or cmd[-1] != train_path:
+        raise RuntimeError(f"unexpected TorchDistributor command (has pyspark changed?): {cmd}")
+    save_dir = os.path.dirname(train_path)
+    cmd = [cmd[0], "-m", "recsys_spark.train.launch", "guard", *cmd[3:-1],
+           "-m", "recsys_spark.train.launch", "process", save_dir]
+    TorchDistributor._execute_command(cmd, log_streaming_client=input_params.get("log_streaming_client"))
+
+
 def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str, Any]:
     """Run ``job`` in ``num_processes`` processes as Spark barrier tasks; rank 0's result.
 
     Raises:
         ValueError: more processes than task slots (a barrier stage would wait forever).
+        TrainingProcessFailed: a training process failed or died (any rank, at any
+            point, its own exit included): raised as soon as Spark aborts the stage.
     """
     from pyspark.ml.torch.distributor import TorchDistributor
 
@@ -144,7 +238,26 @@ def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str,
             "the training processes run as one barrier stage and need a slot each"
         )
     distributor = TorchDistributor(num_processes=num_processes, local_mode=False, use_gpu=job.use_gpu)
-    result = distributor.run(_worker, job)
+    try:
+        # _run with a launch function: the extension point pyspark's own
+        # DeepspeedTorchDistributor uses to change the torchrun command.
+        result = distributor._run(_worker, _launch_torchrun, job)
+    except Exception as exc:  # Py4JJavaError / PythonException carrying the task's error text
+        text = str(exc)
+        if "recsys_spark.train.launch" not in text and "TorchDistributor failed" not in text:
+            raise
+        found = describe_failure(text)
+        how = (f"killed by {found['signal']}" if found["signal"]
+               else f"exited with status {found['exitcode']}" if found["exitcode"] is not None else "failed")
+        rank = "?" if found["rank"] is None else found["rank"]
+        if PEER_LOST.search(_output_tail(text)):
+            how += " after losing a peer (another process may have died first: see its report in the logs)"
+        raise TrainingProcessFailed(
+            f"[{job.model_name}] training process rank {rank} of {num_processes} {how}; "
+            f"its last output line: {found['last_line']!r}. The Spark stage was aborted; "
+            "the full output is in the driver log (local master) or the executor's stdout.",
+            **found,
+        ) from exc
     if result is None:
         raise RuntimeError("TorchDistributor returned no result from rank 0")
     return result
@@ -155,4 +268,5 @@ def threads_per_process(spark: SparkSession, num_processes: int) -> int:
     return max(1, spark.sparkContext.defaultParallelism // max(1, num_processes))
 
 
-__all__ = ["WorkerJob", "build_model", "resolve_use_gpu", "run", "threads_per_process"]
+__all__ = ["TrainingProcessFailed", "WorkerJob", "build_model", "describe_failure", "resolve_use_gpu", "run",
+           "threads_per_process"]

@@ -240,6 +240,11 @@ def _list_hadoop(fs, qualified) -> SourceListing:
     return SourceListing(sorted(files), sorted(unlisted))
 
 
+def file_uri(spark: SparkSession, path: str) -> str:
+    """``path`` as Spark's ``input_file_name()`` writes it (a URI: ``a[1].json`` is ``a%5B1%5D.json``)."""
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path).toUri().toString()
+
+
 def _file_uri(local: str) -> str:
     # The form Spark's input_file_name() gives a local file: file:///abs/path
     return "file://" + local

@@ -73,7 +73,7 @@ class SourceError(ValueError):
 class UnreadableFile:
     """A source file left out of the read, and why (one row of ``quarantined_files``)."""
 
-    path: str
+    path: str  # a URI, as input_file_name() gives it
     size_bytes: int | None  # None when it could not even be listed
     reason: str  # FILE_CORRUPT | FILE_UNREADABLE
     detail: str  # the error's first line
@@ -162,11 +162,13 @@ def probe_files(spark: SparkSession, source: SourceConf) -> SourceFiles:
             return file, None, None
         except io.FileReadError as exc:
             reason = FILE_UNREADABLE if exc.stage == "open" else FILE_CORRUPT
-            return file, None, UnreadableFile(file, size, reason, exc.message)
+            return file, None, UnreadableFile(io.file_uri(spark, file), size, reason, exc.message)
 
     with ThreadPoolExecutor(PROBE_THREADS) as pool:
         probed = list(pool.map(probe, listing.files))
-    unreadable = [UnreadableFile(p, None, FILE_UNREADABLE, err) for p, err in listing.unlisted]
+    # Named as input_file_name() names the files read, so that source_file
+    # means the same in quarantined_files as in events_clean and quarantine.
+    unreadable = [UnreadableFile(io.file_uri(spark, p), None, FILE_UNREADABLE, err) for p, err in listing.unlisted]
     unreadable += [bad for _, _, bad in probed if bad is not None]
     return SourceFiles(
         readable=[f for f, _, bad in probed if bad is None],
@@ -265,8 +267,15 @@ def _read_json(spark: SparkSession, source: SourceConf, mapping: dict[str, str],
     # line is exactly one record (the JSON reader would make several rows of
     # an array line). input_file_name() is evaluated right above the scan.
     line = F.col(_LINE)
-    df = spark.read.text(_spark_paths(files.readable)).select(
-        F.col("value").alias(_LINE), F.input_file_name().alias(SOURCE_FILE)
+    # Blank lines (Jackson's whitespace, or only a byte order mark) are not
+    # records, as for Spark's JSON reader. Dropped on the raw line, right at
+    # the scan: a filter on a parsed column would be pushed below the parse
+    # and make Spark parse every line again.
+    blank = ~line.startswith("{") & F.expr(f"trim(BOTH ' \\t\\r\\n\ufeff' FROM {_LINE}) = ''")
+    df = (
+        spark.read.text(_spark_paths(files.readable))
+        .select(F.col("value").alias(_LINE), F.input_file_name().alias(SOURCE_FILE))
+        .where(~blank)
     )
     df = df.select("*", F.octet_length(line).alias(RECORD_BYTES))
     fits = F.col(RECORD_BYTES) <= max_record_bytes if max_record_bytes else F.lit(True)
@@ -289,19 +298,15 @@ def _read_json(spark: SparkSession, source: SourceConf, mapping: dict[str, str],
     object_keys = F.json_object_keys(js)
     repeated = F.filter(F.array(*[F.lit(n) for n in names]), lambda k: F.size(F.filter(object_keys, lambda x: x == k)) > 1)
     dup_keys = F.when(maybe_twice & (F.size(repeated) > 0), F.array_join(repeated, ", "))
-    # Jackson's whitespace; from_json gives null for such a line (and for "null").
-    blank = F.expr(f"trim(BOTH ' \\t\\r\\n' FROM {_JSON}) = ''")
     error = (
         F.when(~fits, F.lit("not parsed: over the size limit"))
         .when(~valid_utf8, F.lit("not valid UTF-8"))
         .when(F.col(f"{_PARSED}.{_CORRUPT}").isNotNull() & F.ltrim(js).startswith("{"), F.lit("not valid JSON"))
         .when(F.col(f"{_PARSED}.{_CORRUPT}").isNotNull(), F.lit("not a JSON object"))
-        .when(F.col(_PARSED).isNull() & ~blank, F.lit("not a JSON object"))
+        .when(F.col(_PARSED).isNull(), F.lit("not a JSON object"))  # "null"
         .when(dup_keys.isNotNull(), F.concat(F.lit("key given more than once: "), dup_keys))
     )
     df = df.select("*", error.alias(PARSE_ERROR))
-    # Blank lines are not records (neither for Spark's JSON reader).
-    df = df.where(F.col(PARSE_ERROR).isNotNull() | F.col(_PARSED).isNotNull())
     ok = F.col(PARSE_ERROR).isNull()
     out = [
         (F.when(ok, F.col(_PARSED)[mapping[f]]) if f in mapping else F.lit(None).cast(StringType())).alias(f)

@@ -436,3 +436,13 @@ def test_hadoop_listing_agrees_with_the_local_walk(spark, tmp_path):
     assert [(p.replace("file:/", "file:///", 1), n) for p, n in hadoop.files] == local.files
     assert not hadoop.unlisted and not local.unlisted
     assert len(local.files) == sum(1 for n in JSON_CASES if not io.is_hidden(n) and not callable(JSON_CASES[n][0])) + 1
+
+
+def test_source_file_is_written_alike_in_every_table(json_run, spark):
+    """events_clean / quarantine (Spark's input_file_name) and quarantined_files (the listing) name files the same way."""
+    listing = io.list_source_files(spark, str(json_run["root"]))
+    listed = {io.file_uri(spark, p) for p, _ in [*listing.files, *listing.unlisted]}
+    q = io.read_table(spark, str(json_run["wh"]), QUARANTINE)
+    written = {r["source_file"] for r in json_run["clean"].select("source_file").union(q.select("source_file")).distinct().collect()}
+    assert written <= listed and any("%5B1%5D%7Bx%7D" in f for f in written)
+    assert set(f["path"] for f in json_run["report"]["quarantined_file_list"]) <= listed

@@ -7,8 +7,8 @@ Whatever the format, :func:`read_source` returns one row per source record with
   is parsed or trimmed here: the cleaner decides what is valid;
 * ``source_file``: the file the row came from;
 * ``corrupt_record``: the raw line, exactly as read, when the record was not
-  parsed (malformed JSON, invalid UTF-8, a mapped key given twice, a CSV line
-  with the wrong number of fields, a line over ``max_record_bytes``), else null;
+  parsed (malformed JSON, invalid UTF-8, a CSV line with the wrong number of
+  fields, a line over ``max_record_bytes``), else null;
 * ``parse_error``: why it was not parsed (null when it was);
 * ``record_bytes``: the record's size: the raw line's bytes for JSON lines and
   malformed CSV lines, else the bytes of the mapped fields;
@@ -28,7 +28,6 @@ file cannot fail the whole read.
 """
 from __future__ import annotations
 
-import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -50,7 +49,7 @@ RAW_RECORD = "raw_record"
 # JSON has no header: a mapped column is looked for in the first lines of the first file.
 JSON_SAMPLE_LINES = 1000
 _CORRUPT = "_corrupt_record"  # Spark-side name, chosen not to clash with a source column
-_LINE, _TEXT, _JSON, _PARSED = "_line", "_text", "_json", "_parsed"
+_LINE, _VALID_UTF8, _JSON, _PARSED = "_line", "_valid_utf8", "_json", "_parsed"
 
 # File-level reasons (the quarantined_files table): the bytes are there but
 # cannot be decoded (truncated or corrupt compression, not Parquet) ...
@@ -241,10 +240,6 @@ def _string_schema(names: list[str]) -> StructType:
     return StructType([StructField(n, StringType(), True) for n in names] + [StructField(_CORRUPT, StringType(), True)])
 
 
-def _sql_string(text: str) -> str:
-    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def _read_json(spark: SparkSession, source: SourceConf, mapping: dict[str, str], files: SourceFiles,
                max_record_bytes: int | None) -> DataFrame:
     names = list(dict.fromkeys(mapping.values()))
@@ -279,32 +274,26 @@ def _read_json(spark: SparkSession, source: SourceConf, mapping: dict[str, str],
     )
     df = df.select("*", F.octet_length(line).alias(RECORD_BYTES))
     fits = F.col(RECORD_BYTES) <= max_record_bytes if max_record_bytes else F.lit(True)
-    df = df.select("*", F.when(fits, utf8_text(line)).alias(_TEXT))
-    text = F.col(_TEXT)
-    valid_utf8 = text == line  # decoding replaced nothing; null when too long
+    # Valid UTF-8 when decoding replaces nothing (Spark 3.5 has no cheaper
+    # test: length() counts an invalid byte as a character). Null when too
+    # long: not looked at.
+    df = df.select("*", F.when(fits, utf8_text(line) == line).alias(_VALID_UTF8))
+    valid_utf8 = F.col(_VALID_UTF8)
     # A byte order mark is not JSON: the JSON reader skips it, from_json does not.
-    df = df.select("*", F.when(valid_utf8, F.when(text.startswith("\ufeff"), F.expr(f"substring({_TEXT}, 2)")).otherwise(text)).alias(_JSON))
+    without_bom = F.when(line.startswith("\ufeff"), F.expr(f"substring({_LINE}, 2)")).otherwise(line)
+    df = df.select("*", F.when(valid_utf8, without_bom).alias(_JSON))
     js = F.col(_JSON)
     opts = {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": _CORRUPT}
+    # A key given twice keeps its last value (Jackson's behaviour, as in
+    # Spark's JSON reader). Finding such lines costs a search per mapped key
+    # per line, which measured more than the parse itself (docs/cleaning.md).
     df = df.select("*", F.from_json(js, _string_schema(names), opts).alias(_PARSED))
-    # A key given twice silently keeps its last value in any JSON parser
-    # Spark has; such a line is ambiguous, so it is malformed. Cheap text test
-    # first (a mapped key's quoted name found twice), the exact key list only
-    # for the few lines that pass it.
-    quoted = [_sql_string(json.dumps(n)) for n in names]
-    maybe_twice = F.lit(False)
-    for q in quoted:
-        maybe_twice = maybe_twice | F.expr(f"locate({q}, {_JSON}, locate({q}, {_JSON}) + 1) > 0")
-    object_keys = F.json_object_keys(js)
-    repeated = F.filter(F.array(*[F.lit(n) for n in names]), lambda k: F.size(F.filter(object_keys, lambda x: x == k)) > 1)
-    dup_keys = F.when(maybe_twice & (F.size(repeated) > 0), F.array_join(repeated, ", "))
     error = (
         F.when(~fits, F.lit("not parsed: over the size limit"))
         .when(~valid_utf8, F.lit("not valid UTF-8"))
         .when(F.col(f"{_PARSED}.{_CORRUPT}").isNotNull() & F.ltrim(js).startswith("{"), F.lit("not valid JSON"))
         .when(F.col(f"{_PARSED}.{_CORRUPT}").isNotNull(), F.lit("not a JSON object"))
         .when(F.col(_PARSED).isNull(), F.lit("not a JSON object"))  # "null"
-        .when(dup_keys.isNotNull(), F.concat(F.lit("key given more than once: "), dup_keys))
     )
     df = df.select("*", error.alias(PARSE_ERROR))
     ok = F.col(PARSE_ERROR).isNull()

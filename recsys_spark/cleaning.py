@@ -101,6 +101,7 @@ IS_BOT = "is_bot"
 # Parsed values live beside the raw strings (which stay untouched, so that
 # the quarantine can show the record as it came).
 P_EVENT_ID, P_TYPE, P_TIME, P_VALUE = "_event_id", "_event_type", "_event_time", "_value"
+_ID_TYPE_PROBLEM, _ID_LENGTH_PROBLEM = "_id_type_problem", "_id_length_problem"
 
 # ISO 8601 as sources write it: a date, optionally a time (T or space) with
 # optional seconds and fraction, and an optional Z / +hh:mm offset. Spark's
@@ -196,12 +197,30 @@ def validate_events(
     raw_value = F.trim(F.col(VALUE))
     number = F.when(raw_value.rlike(NUMBER), raw_value.cast("double"))
     value_given = ~_blank(F.col(VALUE))
+    # The id checks, one text per kind (null: fine), computed once here: in
+    # the check list below, which builds both the reason and the detail
+    # expression, each is then a single condition instead of four.
+    id_type = F.coalesce(*[F.when(_json_container(F.col(c)), F.lit(f"{c} is a JSON object or array")) for c in ID_COLUMNS])
+    # Which id is over the limit (octet_length is read from the string's
+    # header; only an id with more bytes than the limit has its characters
+    # counted).
+    id_length = (
+        F.coalesce(*[
+            F.when((F.octet_length(F.col(c)) > max_id_length) & (F.length(F.col(c)) > max_id_length),
+                   F.lit(f"{c} over the limit of {max_id_length} characters"))
+            for c in ID_COLUMNS
+        ])
+        if max_id_length
+        else F.lit(None).cast(StringType())
+    )
     df = df.select(
         "*",
         F.nullif(F.trim(F.col(EVENT_ID)), F.lit("")).alias(P_EVENT_ID),
         etype.alias(P_TYPE),
         ts.alias(P_TIME),
         number.alias(P_VALUE),
+        id_type.alias(_ID_TYPE_PROBLEM),
+        id_length.alias(_ID_LENGTH_PROBLEM),
     )
     t, v = F.col(P_TIME), F.col(P_VALUE)
     is_rating = F.col(P_TYPE) == RATING
@@ -224,19 +243,8 @@ def validate_events(
         # Ids are read as text; a JSON object or array in an id's place comes
         # back as its JSON text, which is no id (a string id that looks like
         # one is refused too: it cannot be told apart).
-        *[
-            (_json_container(F.col(c)), REASON_ID_TYPE, F.lit(f"{c} is a JSON object or array"))
-            for c in ID_COLUMNS
-        ],
-        *[
-            (
-                F.length(F.col(c)) > max_id_length if max_id_length else F.lit(False),
-                REASON_ID_TOO_LONG,
-                F.concat(F.lit(f"{c} of "), F.length(F.col(c)).cast("string"),
-                         F.lit(f" characters, over the limit of {max_id_length}")),
-            )
-            for c in ID_COLUMNS
-        ],
+        (F.col(_ID_TYPE_PROBLEM).isNotNull(), REASON_ID_TYPE, F.col(_ID_TYPE_PROBLEM)),
+        (F.col(_ID_LENGTH_PROBLEM).isNotNull(), REASON_ID_TOO_LONG, F.col(_ID_LENGTH_PROBLEM)),
         (
             F.col(P_TYPE).isNull() | ~F.col(P_TYPE).isin(*event_types),
             REASON_UNKNOWN_TYPE,
@@ -267,7 +275,7 @@ def validate_events(
     for cond, code, text in reversed(checks):  # folded from the last so the first check wins
         reason = F.when(cond, F.lit(code)).otherwise(reason)
         detail = F.when(cond, text).otherwise(detail)
-    return df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+    return df.withColumn(REASON, reason).withColumn(DETAIL, detail).drop(_ID_TYPE_PROBLEM, _ID_LENGTH_PROBLEM)
 
 
 DEDUPE_KEY_COLS = (USER_ID, ITEM_ID, P_TYPE, P_TIME, P_VALUE)

@@ -8,7 +8,8 @@ Whatever the format, :func:`read_source` returns one row per source record with
 * ``source_file``: the file the row came from;
 * ``corrupt_record``: the raw line, exactly as read, when the record was not
   parsed (malformed JSON, invalid UTF-8, a CSV line with the wrong number of
-  fields, a line over ``max_record_bytes``), else null;
+  fields, a line over ``max_record_bytes``: its first ``max_record_bytes``
+  bytes), else null;
 * ``parse_error``: why it was not parsed (null when it was);
 * ``record_bytes``: the record's size: the raw line's bytes for JSON lines and
   malformed CSV lines, else the bytes of the mapped fields;
@@ -297,11 +298,18 @@ def _read_json(spark: SparkSession, source: SourceConf, mapping: dict[str, str],
     )
     df = df.select("*", error.alias(PARSE_ERROR))
     ok = F.col(PARSE_ERROR).isNull()
+    # No field needs gating on ok: a line not handed to the parser has a null
+    # struct, and a malformed one only nulls (PERMISSIVE mode).
     out = [
-        (F.when(ok, F.col(_PARSED)[mapping[f]]) if f in mapping else F.lit(None).cast(StringType())).alias(f)
+        (F.col(_PARSED)[mapping[f]] if f in mapping else F.lit(None).cast(StringType())).alias(f)
         for f in FIELDS
     ]
-    return df.select(*out, SOURCE_FILE, F.when(~ok, line).alias(CORRUPT_RECORD), PARSE_ERROR, RECORD_BYTES)
+    # A line over the limit is kept only up to it (cut as bytes: the cast
+    # back to string does not decode), so that a huge line is not carried
+    # through the cache into the quarantine.
+    head = F.substring(line.cast("binary"), 1, max_record_bytes or 1).cast(StringType())
+    corrupt = F.when(~fits, head).when(~ok, line)
+    return df.select(*out, SOURCE_FILE, corrupt.alias(CORRUPT_RECORD), PARSE_ERROR, RECORD_BYTES)
 
 
 def _fields_bytes(names: list[str]) -> Column:

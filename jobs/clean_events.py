@@ -2,9 +2,12 @@
 
     scripts/submit.sh jobs/clean_events.py --dataset synthetic [--reference-time 2026-03-02T00:00:00Z]
 
-Writes `events_clean` (by event_date) and `quarantine` (by reason) and the run
-report `<warehouse>/reports/clean_events/<run_id>.json`; fails (exit 1) when the
-source is missing or does not match its config, and when
+Writes `events_clean` (by event_date), `quarantine` (by reason),
+`quarantined_files` (source files it could not read, left out of the run) and
+the run report `<warehouse>/reports/clean_events/<run_id>.json`; fails (exit 1,
+one line on stderr) when the source is missing, holds no readable file or does
+not match its config, when a file cannot be read and
+`clean.on_unreadable_file` is `fail`, and when
 input rows != clean + duplicates + quarantined.
 """
 from __future__ import annotations

@@ -16,6 +16,12 @@ Every input row ends in exactly one place, and :func:`run_clean` checks it:
   with ``bot_user``;
 * what is left is clean.
 
+Files come before rows: :func:`sources.probe_files` finds the source files
+that cannot be read (truncated or corrupt compression, no Parquet footer,
+permission, broken links); they are left out of the read and written to
+``quarantined_files`` (or, with ``clean.on_unreadable_file: fail``, stop the
+run with one line naming the file). The row counts above cover the files read.
+
 The transforms (``validate_events``, ``mark_duplicates``, ``find_bot_users``,
 ``flag_bot_users``, ``to_events_clean``, ``to_quarantine``) are pure functions
 of DataFrames; :func:`run_clean` is the one function here that reads and writes.
@@ -43,15 +49,19 @@ from recsys_spark.schemas import (
     EVENTS_CLEAN,
     ITEM_ID,
     QUARANTINE,
+    QUARANTINED_FILES,
     SESSION_ID,
     SOURCE_FILE,
     USER_ID,
     VALUE,
 )
 
+REASON_TOO_LONG = "record_too_long"
 REASON_MALFORMED = "malformed_record"
 REASON_MISSING_USER = "missing_user_id"
 REASON_MISSING_ITEM = "missing_item_id"
+REASON_ID_TYPE = "invalid_id_type"
+REASON_ID_TOO_LONG = "id_too_long"
 REASON_UNKNOWN_TYPE = "unknown_event_type"
 REASON_INVALID_TS = "invalid_timestamp"
 REASON_TOO_OLD = "timestamp_too_old"
@@ -60,9 +70,12 @@ REASON_INVALID_VALUE = "invalid_value"
 REASON_BOT = "bot_user"
 # In check order: a row gets the first reason that applies.
 REASON_CODES = (
+    REASON_TOO_LONG,
     REASON_MALFORMED,
     REASON_MISSING_USER,
     REASON_MISSING_ITEM,
+    REASON_ID_TYPE,
+    REASON_ID_TOO_LONG,
     REASON_UNKNOWN_TYPE,
     REASON_INVALID_TS,
     REASON_TOO_OLD,
@@ -70,9 +83,15 @@ REASON_CODES = (
     REASON_INVALID_VALUE,
     REASON_BOT,
 )
+# Whole files left out of the read (the quarantined_files table): decided by
+# sources.probe_files, which cleaning imports (not the other way round).
+FILE_REASON_CODES = sources.FILE_REASON_CODES
+# Every id column: checked for type and length.
+ID_COLUMNS = (USER_ID, ITEM_ID, EVENT_ID, SESSION_ID)
 
 RATING = "rating"
 BOT_IDS_IN_REPORT = 50  # the report lists at most this many bot user ids
+FILES_IN_REPORT = 100  # ... and this many quarantined files (the table has them all)
 # Above this many repeated events the dedupe joins shuffle instead of broadcasting.
 MAX_BROADCAST_GROUPS = 200_000
 REASON = "reason"
@@ -82,6 +101,7 @@ IS_BOT = "is_bot"
 # Parsed values live beside the raw strings (which stay untouched, so that
 # the quarantine can show the record as it came).
 P_EVENT_ID, P_TYPE, P_TIME, P_VALUE = "_event_id", "_event_type", "_event_time", "_value"
+_ID_TYPE_PROBLEM, _ID_LENGTH_PROBLEM = "_id_type_problem", "_id_length_problem"
 
 # ISO 8601 as sources write it: a date, optionally a time (T or space) with
 # optional seconds and fraction, and an optional Z / +hh:mm offset. Spark's
@@ -95,6 +115,10 @@ NUMBER = r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$"  # no NaN, Infinity or
 
 class ReconciliationError(RuntimeError):
     """input rows != clean + duplicates + quarantined: a row was lost or counted twice."""
+
+
+class UnreadableFileError(sources.SourceError):
+    """A source file cannot be read and ``clean.on_unreadable_file`` is ``fail``."""
 
 
 # --------------------------------------------------------------------------- parsing
@@ -123,6 +147,10 @@ def _blank(col: Column) -> Column:
     return col.isNull() | (F.trim(col) == "")
 
 
+def _json_container(col: Column) -> Column:
+    return (col.startswith("{") & col.endswith("}")) | (col.startswith("[") & col.endswith("]"))
+
+
 def _utc(ts: dt.datetime | str) -> dt.datetime:
     value = dt.datetime.fromisoformat(ts.replace("Z", "+00:00")) if isinstance(ts, str) else ts
     return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
@@ -141,17 +169,22 @@ def validate_events(
     rating_min: float,
     rating_max: float,
     fixed_event_type: str | None = None,
+    max_record_bytes: int | None = None,
+    max_id_length: int | None = None,
 ) -> DataFrame:
     """Check every row; add the parsed values, a reason code and a detail.
 
     Args:
-        df: canonical string columns plus ``corrupt_record`` (``sources.read_source``).
+        df: canonical string columns plus ``corrupt_record``, ``parse_error``
+            and ``record_bytes`` (``sources.read_source``).
         event_types: accepted types (compared trimmed and lower-cased).
         timestamp_format: see :func:`parse_event_time`.
         min_time: earlier events are ``timestamp_too_old`` (naive means UTC).
         max_time: later events are ``timestamp_in_future``.
         rating_min, rating_max: a rating's value must lie in this range.
         fixed_event_type: the type of every row, for sources without a type column.
+        max_record_bytes: a longer record is ``record_too_long`` (None: no limit).
+        max_id_length: a longer id (characters) is ``id_too_long`` (None: no limit).
 
     Returns:
         ``df`` plus ``_event_id``, ``_event_type``, ``_event_time``, ``_value``
@@ -164,21 +197,54 @@ def validate_events(
     raw_value = F.trim(F.col(VALUE))
     number = F.when(raw_value.rlike(NUMBER), raw_value.cast("double"))
     value_given = ~_blank(F.col(VALUE))
+    # The id checks, one text per kind (null: fine), computed once here: in
+    # the check list below, which builds both the reason and the detail
+    # expression, each is then a single condition instead of four.
+    id_type = F.coalesce(*[F.when(_json_container(F.col(c)), F.lit(f"{c} is a JSON object or array")) for c in ID_COLUMNS])
+    # Which id is over the limit (octet_length is read from the string's
+    # header; only an id with more bytes than the limit has its characters
+    # counted).
+    id_length = (
+        F.coalesce(*[
+            F.when((F.octet_length(F.col(c)) > max_id_length) & (F.length(F.col(c)) > max_id_length),
+                   F.lit(f"{c} over the limit of {max_id_length} characters"))
+            for c in ID_COLUMNS
+        ])
+        if max_id_length
+        else F.lit(None).cast(StringType())
+    )
     df = df.select(
         "*",
         F.nullif(F.trim(F.col(EVENT_ID)), F.lit("")).alias(P_EVENT_ID),
         etype.alias(P_TYPE),
         ts.alias(P_TIME),
         number.alias(P_VALUE),
+        id_type.alias(_ID_TYPE_PROBLEM),
+        id_length.alias(_ID_LENGTH_PROBLEM),
     )
     t, v = F.col(P_TIME), F.col(P_VALUE)
     is_rating = F.col(P_TYPE) == RATING
+    size = F.col(sources.RECORD_BYTES)
     checks: list[tuple[Column, str, Column]] = [
-        (F.col(sources.CORRUPT_RECORD).isNotNull(), REASON_MALFORMED, F.lit("record could not be parsed")),
+        (
+            size > max_record_bytes if max_record_bytes else F.lit(False),
+            REASON_TOO_LONG,
+            F.concat(F.lit("record of "), size.cast("string"), F.lit(f" bytes, over the limit of {max_record_bytes}")),
+        ),
+        (
+            F.col(sources.CORRUPT_RECORD).isNotNull(),
+            REASON_MALFORMED,
+            F.coalesce(F.col(sources.PARSE_ERROR), F.lit("record could not be parsed")),
+        ),
         (F.col(USER_ID).isNull(), REASON_MISSING_USER, F.lit("no user id")),
         (_blank(F.col(USER_ID)), REASON_MISSING_USER, F.lit("empty user id")),
         (F.col(ITEM_ID).isNull(), REASON_MISSING_ITEM, F.lit("no item id")),
         (_blank(F.col(ITEM_ID)), REASON_MISSING_ITEM, F.lit("empty item id")),
+        # Ids are read as text; a JSON object or array in an id's place comes
+        # back as its JSON text, which is no id (a string id that looks like
+        # one is refused too: it cannot be told apart).
+        (F.col(_ID_TYPE_PROBLEM).isNotNull(), REASON_ID_TYPE, F.col(_ID_TYPE_PROBLEM)),
+        (F.col(_ID_LENGTH_PROBLEM).isNotNull(), REASON_ID_TOO_LONG, F.col(_ID_LENGTH_PROBLEM)),
         (
             F.col(P_TYPE).isNull() | ~F.col(P_TYPE).isin(*event_types),
             REASON_UNKNOWN_TYPE,
@@ -209,7 +275,7 @@ def validate_events(
     for cond, code, text in reversed(checks):  # folded from the last so the first check wins
         reason = F.when(cond, F.lit(code)).otherwise(reason)
         detail = F.when(cond, text).otherwise(detail)
-    return df.withColumn(REASON, reason).withColumn(DETAIL, detail)
+    return df.withColumn(REASON, reason).withColumn(DETAIL, detail).drop(_ID_TYPE_PROBLEM, _ID_LENGTH_PROBLEM)
 
 
 DEDUPE_KEY_COLS = (USER_ID, ITEM_ID, P_TYPE, P_TIME, P_VALUE)
@@ -330,19 +396,33 @@ def to_events_clean(df: DataFrame) -> DataFrame:
     )
 
 
-def to_quarantine(df: DataFrame, *, raw_record: Column, run_id: str) -> DataFrame:
+def to_quarantine(df: DataFrame, *, raw_record: Column, run_id: str, max_record_bytes: int | None = None) -> DataFrame:
     """Rows with a ``reason`` in the ``quarantine`` layout.
 
     Args:
         raw_record: how to render the raw record (``sources.raw_record_column``).
+        max_record_bytes: ``raw_record`` and ``raw_bytes`` keep at most this
+            many characters / bytes (only a ``record_too_long`` row is longer).
     """
+    raw_bytes = F.col(sources.CORRUPT_RECORD).cast("binary")  # the bytes as read, not re-encoded
+    if max_record_bytes:
+        raw_record = F.substring(raw_record, 1, max_record_bytes)
+        raw_bytes = F.substring(raw_bytes, 1, max_record_bytes)
     return df.select(
         raw_record.alias("raw_record"),
+        raw_bytes.alias("raw_bytes"),
         F.col(SOURCE_FILE),
         F.col(REASON).alias("reason"),
-        F.col(DETAIL).alias("detail"),
+        # Details quote raw values: kept valid UTF-8 like raw_record.
+        sources.utf8_text(F.col(DETAIL)).alias("detail"),
         F.lit(run_id).alias("run_id"),
     )
+
+
+def to_quarantined_files(spark: SparkSession, unreadable: list[sources.UnreadableFile], *, run_id: str) -> DataFrame:
+    """The files ``sources.probe_files`` found unreadable, in the ``quarantined_files`` layout."""
+    rows = [(u.path, u.size_bytes, u.reason, u.detail, run_id) for u in unreadable]
+    return spark.createDataFrame(rows, QUARANTINED_FILES.schema)
 
 
 # --------------------------------------------------------------------------- the run
@@ -382,7 +462,18 @@ def run_clean(
     ref = _utc(reference_time) if reference_time is not None else dt.datetime.now(dt.timezone.utc)
     run_id = run_id or new_run_id()
 
-    raw = sources.read_source(spark, src).drop(sources.RAW_RECORD)  # rendered again for quarantine rows only
+    # Files first: an unreadable one is left out (and listed) or stops the run
+    # here, before Spark is given a path list that would fail mid-job.
+    files = sources.probe_files(spark, src)
+    if files.unreadable and clean.on_unreadable_file == "fail":
+        bad = files.unreadable[0]
+        more = f" (and {len(files.unreadable) - 1} more)" if len(files.unreadable) > 1 else ""
+        raise UnreadableFileError(
+            f"{sources.describe_unreadable(bad)}{more}; clean.on_unreadable_file=quarantine skips such files"
+        )
+    raw = sources.read_source(spark, src, files=files, max_record_bytes=clean.max_record_bytes).drop(
+        sources.RAW_RECORD  # rendered again for quarantine rows only
+    )
     validated = validate_events(
         raw,
         event_types=clean.event_types,
@@ -392,6 +483,8 @@ def run_clean(
         rating_min=clean.rating_min,
         rating_max=clean.rating_max,
         fixed_event_type=src.fixed_event_type if src.columns.event_type is None else None,
+        max_record_bytes=clean.max_record_bytes,
+        max_id_length=clean.max_id_length,
     )
     # Parsing the source is the costliest step and its rows feed the counts,
     # the quarantine and the dedupe: parse once. DISK_ONLY: the columnar
@@ -409,7 +502,7 @@ def run_clean(
     bots = bots.persist(StorageLevel.MEMORY_AND_DISK)
     flagged = flag_bot_users(marked, bots)
     try:
-        report = _count_and_write(spark, cfg, validated, flagged, run_id, ref)
+        report = _count_and_write(spark, cfg, validated, flagged, files, run_id, ref)
     finally:
         for df in (bots, groups, validated):
             df.unpersist()
@@ -419,7 +512,13 @@ def run_clean(
 
 
 def _count_and_write(
-    spark: SparkSession, cfg: Config, validated: DataFrame, flagged: DataFrame, run_id: str, ref: dt.datetime
+    spark: SparkSession,
+    cfg: Config,
+    validated: DataFrame,
+    flagged: DataFrame,
+    files: sources.SourceFiles,
+    run_id: str,
+    ref: dt.datetime,
 ) -> dict[str, Any]:
     # Counts come from small aggregates over the cached frames (a few rows each).
     by_reason = {r[REASON]: r["count"] for r in validated.groupBy(REASON).count().collect()}
@@ -449,21 +548,27 @@ def _count_and_write(
     bot_rows_df = flagged.where(F.col(IS_BOT) & ~F.col(IS_DUPLICATE)).withColumn(REASON, F.lit(REASON_BOT)).withColumn(
         DETAIL, F.lit(f"more than {cfg.clean.bot.max_events_per_minute} events in a minute")
     )
-    quarantine = to_quarantine(bad, raw_record=raw_record, run_id=run_id).unionByName(
-        to_quarantine(bot_rows_df, raw_record=raw_record, run_id=run_id)
+    limit = cfg.clean.max_record_bytes
+    quarantine = to_quarantine(bad, raw_record=raw_record, run_id=run_id, max_record_bytes=limit).unionByName(
+        to_quarantine(bot_rows_df, raw_record=raw_record, run_id=run_id, max_record_bytes=limit)
     )
     q_path = io.write_table(quarantine, cfg.warehouse, QUARANTINE)
+    # Written every run, empty when every file was read, so that it always
+    # describes the same run as events_clean and quarantine.
+    qf_path = io.write_table(to_quarantined_files(spark, files.unreadable, run_id=run_id), cfg.warehouse, QUARANTINED_FILES)
     clean_df = to_events_clean(flagged.where(~F.col(IS_DUPLICATE) & ~F.col(IS_BOT)))
     c_path = io.write_table(clean_df, cfg.warehouse, EVENTS_CLEAN)
 
     # What was written must hold exactly what was counted (Parquet counts are metadata reads).
     written_clean = io.read_table(spark, cfg.warehouse, EVENTS_CLEAN).count()
     written_q = io.read_table(spark, cfg.warehouse, QUARANTINE).count()
-    if written_clean != clean_rows or written_q != quarantined:
+    written_files = io.read_table(spark, cfg.warehouse, QUARANTINED_FILES).count()
+    if written_clean != clean_rows or written_q != quarantined or written_files != len(files.unreadable):
         raise ReconciliationError(
             f"written rows differ from counted: events_clean {written_clean} vs {clean_rows}, "
-            f"quarantine {written_q} vs {quarantined}"
+            f"quarantine {written_q} vs {quarantined}, quarantined_files {written_files} vs {len(files.unreadable)}"
         )
+    files_by_reason = {r: sum(1 for u in files.unreadable if u.reason == r) for r in FILE_REASON_CODES}
     return {
         "run_id": run_id,
         "dataset": cfg.dataset.name,
@@ -474,10 +579,18 @@ def _count_and_write(
         "duplicates": duplicates,
         "quarantined_rows": quarantined,
         "quarantined_by_reason": {r: by_reason.get(r, 0) for r in REASON_CODES},
+        # Files, counted apart from rows: the row counts cover the files read.
+        "input_files": len(files.readable),
+        "quarantined_files": len(files.unreadable),
+        "quarantined_files_by_reason": files_by_reason,
+        "quarantined_file_list": [
+            {"path": u.path, "size_bytes": u.size_bytes, "reason": u.reason, "detail": u.detail}
+            for u in files.unreadable[:FILES_IN_REPORT]
+        ],
         "events_by_type": {t: by_type.get(t, 0) for t in sorted(set(cfg.clean.event_types) | set(by_type))},
         "bot_users": len(bot_users),
         "bot_user_ids": bot_users[:BOT_IDS_IN_REPORT],
         "reconciles": True,
-        "outputs": {"events_clean": c_path, "quarantine": q_path},
+        "outputs": {"events_clean": c_path, "quarantine": q_path, "quarantined_files": qf_path},
         "config": {"dataset": dataclasses.asdict(cfg.dataset), "clean": dataclasses.asdict(cfg.clean)},
     }

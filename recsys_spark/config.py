@@ -150,6 +150,12 @@ class CleanConf:
     max_future_hours: int = 24
     rating_min: float = 0.0
     rating_max: float = 5.0
+    # A record (JSON line) longer than this is quarantined as record_too_long, unparsed.
+    max_record_bytes: int = 65_536
+    # An id (event, user, item, session) longer than this is quarantined as id_too_long.
+    max_id_length: int = 256
+    # A source file that cannot be read: quarantine (skip it, list it) or fail the run.
+    on_unreadable_file: str = "quarantine"
     bot: BotRule = field(default_factory=BotRule)
 
 
@@ -457,6 +463,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(
             f"dataset.source.fixed_event_type '{src.fixed_event_type}' is not in clean.event_types"
         )
+    if cfg.clean.on_unreadable_file not in ("quarantine", "fail"):
+        raise ConfigError(
+            f"clean.on_unreadable_file must be quarantine or fail, got '{cfg.clean.on_unreadable_file}'"
+        )
+    for key in ("max_record_bytes", "max_id_length"):
+        if getattr(cfg.clean, key) < 1:
+            raise ConfigError(f"clean.{key} must be a positive integer")
     missing = [t for t in cfg.clean.event_types if t not in cfg.tables.event_weights]
     if missing:
         raise ConfigError(f"tables.event_weights: no weight for event type '{missing[0]}'")

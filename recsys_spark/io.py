@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -176,6 +177,193 @@ def modification_time(spark: SparkSession, path: str) -> str | None:
         return None
     millis = fs.getFileStatus(p).getModificationTime()
     return _dt.datetime.fromtimestamp(millis / 1000, _dt.timezone.utc).isoformat()
+
+
+# --------------------------------------------------------------------------- source files
+
+
+class FileReadError(OSError):
+    """A source file could not be opened (``stage='open'``) or read to its end (``stage='read'``).
+
+    ``message`` is the underlying error's first line (e.g.
+    ``java.io.EOFException: Unexpected end of input stream``), never a trace.
+    """
+
+    def __init__(self, path: str, stage: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.stage, self.message = path, stage, message
+
+
+@dataclass(frozen=True)
+class SourceListing:
+    """The data files under a source path, and the entries that could not be listed."""
+
+    files: list[tuple[str, int]]  # (qualified path, size in bytes), sorted by path
+    unlisted: list[tuple[str, str]]  # (path, the error's first line): broken links, link loops
+
+
+def _first_line(exc: BaseException) -> str:
+    java = getattr(exc, "java_exception", None)
+    text = java.toString() if java is not None else f"{type(exc).__name__}: {exc}"
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
+
+
+def is_hidden(name: str) -> bool:
+    """Spark's rule for files its readers skip: ``_name`` (not ``_k=v``), ``.name``, ``*._COPYING_``."""
+    return (name.startswith("_") and "=" not in name) or name.startswith(".") or name.endswith("._COPYING_")
+
+
+def list_source_files(spark: SparkSession, path: str) -> SourceListing:
+    """Every data file under ``path`` (itself when a file), recursively, skipping hidden names.
+
+    Local paths are walked with the operating system, which, unlike Hadoop's
+    local FileSystem, reports a broken symbolic link or a link loop (Hadoop
+    silently leaves them out) and lets a directory cycle be cut. Other
+    filesystems (HDFS, object stores) are listed through the Hadoop API;
+    they have no symbolic links.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    fs, root = _fs(spark, path)
+    if not fs.exists(root):
+        raise FileNotFoundError(path)
+    qualified = fs.makeQualified(root)
+    if qualified.toUri().getScheme() == "file":
+        return _list_local(qualified.toUri().getPath())
+    return _list_hadoop(fs, qualified)
+
+
+def _list_hadoop(fs, qualified) -> SourceListing:
+    files: list[tuple[str, int]] = []
+    unlisted: list[tuple[str, str]] = []
+    status = fs.getFileStatus(qualified)
+    if status.isFile():
+        return SourceListing([(qualified.toString(), status.getLen())], [])
+    pending = [qualified]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = fs.listStatus(folder)
+        except Exception as exc:  # py4j error from the JVM
+            unlisted.append((folder.toString(), _first_line(exc)))
+            continue
+        for st in entries:
+            p = st.getPath()
+            if is_hidden(p.getName()):
+                continue
+            if st.isDirectory():
+                pending.append(p)
+            else:
+                files.append((p.toString(), st.getLen()))
+    return SourceListing(sorted(files), sorted(unlisted))
+
+
+def file_uri(spark: SparkSession, path: str) -> str:
+    """``path`` as Spark's ``input_file_name()`` writes it (a URI: ``a[1].json`` is ``a%5B1%5D.json``)."""
+    return spark.sparkContext._jvm.org.apache.hadoop.fs.Path(path).toUri().toString()
+
+
+def _file_uri(local: str) -> str:
+    # The form Spark's input_file_name() gives a local file: file:///abs/path
+    return "file://" + local
+
+
+def _list_local(root: str) -> SourceListing:
+    root = os.path.abspath(root)
+    if os.path.isfile(root):
+        return SourceListing([(_file_uri(root), os.path.getsize(root))], [])
+    files: list[tuple[str, int]] = []
+    unlisted: list[tuple[str, str]] = []
+    seen_dirs = {os.path.realpath(root)}
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as exc:
+            unlisted.append((_file_uri(folder), f"{type(exc).__name__}: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            if is_hidden(entry.name):
+                continue
+            try:
+                st = os.stat(entry.path)  # follows links: a loop or a dangling link raises here
+            except OSError as exc:
+                unlisted.append((_file_uri(entry.path), f"{type(exc).__name__}: {exc.strerror or exc}"))
+                continue
+            if os.path.isdir(entry.path):
+                real = os.path.realpath(entry.path)
+                if real in seen_dirs:  # a link back to a folder already walked: a cycle
+                    unlisted.append((_file_uri(entry.path), f"symbolic link cycle: {real} is listed already"))
+                    continue
+                seen_dirs.add(real)
+                pending.append(entry.path)
+            else:
+                files.append((_file_uri(entry.path), st.st_size))
+    return SourceListing(sorted(files), sorted(unlisted))
+
+
+def read_to_end(spark: SparkSession, path: str, *, decompress: bool = True) -> int:
+    """Read ``path`` through the codec its name implies (Hadoop's rule, as Spark's readers use); bytes read.
+
+    Streams in the JVM with a small buffer, so memory stays bounded whatever
+    the file's size. ``decompress=False`` reads only the first byte (an
+    uncompressed text file has nothing to decode; this still proves it opens).
+
+    Raises:
+        FileReadError: ``stage='open'`` when it cannot be opened (missing,
+            permission), ``stage='read'`` when its content cannot be decoded.
+    """
+    jvm = spark.sparkContext._jvm
+    fs, p = _fs(spark, path)
+    try:
+        stream = fs.open(p)
+    except Exception as exc:
+        raise FileReadError(path, "open", _first_line(exc)) from None
+    try:
+        codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(
+            spark.sparkContext._jsc.hadoopConfiguration()
+        ).getCodec(p)
+        if codec is None or not decompress:
+            return 1 if stream.read() >= 0 else 0
+        return jvm.org.apache.commons.io.IOUtils.consume(codec.createInputStream(stream))
+    except Exception as exc:
+        raise FileReadError(path, "read", _first_line(exc)) from None
+    finally:
+        try:
+            stream.close()
+        except Exception:  # closing a stream that failed mid-read: nothing more to learn
+            pass
+
+
+def compressed(spark: SparkSession, path: str) -> bool:
+    """Whether Hadoop (and so Spark) decompresses ``path`` by its name (.gz, .bz2, .zst, ...)."""
+    jvm = spark.sparkContext._jvm
+    factory = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(spark.sparkContext._jsc.hadoopConfiguration())
+    return factory.getCodec(jvm.org.apache.hadoop.fs.Path(path)) is not None
+
+
+def parquet_columns(spark: SparkSession, path: str) -> dict[str, str]:
+    """A Parquet file's top-level columns and their types, from its footer alone.
+
+    Raises:
+        FileReadError: not a Parquet file, or its footer is damaged or missing.
+    """
+    jvm = spark.sparkContext._jvm
+    fs, p = _fs(spark, path)
+    try:
+        reader = jvm.org.apache.parquet.hadoop.ParquetFileReader.open(
+            jvm.org.apache.parquet.hadoop.util.HadoopInputFile.fromPath(p, spark.sparkContext._jsc.hadoopConfiguration())
+        )
+    except Exception as exc:
+        stage = "open" if "FileNotFoundException" in _first_line(exc) or "AccessDenied" in _first_line(exc) else "read"
+        raise FileReadError(path, stage, _first_line(exc)) from None
+    try:
+        schema = reader.getFooter().getFileMetaData().getSchema()
+        return {f.getName(): f.toString().strip() for f in schema.getFields()}
+    finally:
+        reader.close()
 
 
 # --------------------------------------------------------------------------- tables

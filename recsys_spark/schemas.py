@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from pyspark.sql.types import (
     ArrayType,
+    BinaryType,
     DateType,
     DoubleType,
     FloatType,
@@ -79,7 +80,10 @@ QUARANTINE = Table(
     "quarantine",
     "quarantine",
     _s(
+        # Always valid UTF-8 (invalid bytes shown as U+FFFD), so that every
+        # Parquet reader can read the table; the exact bytes are in raw_bytes.
         ("raw_record", StringType(), True),
+        ("raw_bytes", BinaryType(), True),  # the raw line as read, when it was not parsed
         (SOURCE_FILE, StringType(), False),
         ("reason", StringType(), False),
         ("detail", StringType(), True),
@@ -87,6 +91,19 @@ QUARANTINE = Table(
     ),
     partition_by=("reason",),
     description="Rows that failed validation, with the raw record, source file and reason code.",
+)
+
+QUARANTINED_FILES = Table(
+    "quarantined_files",
+    "quarantined_files",
+    _s(
+        (SOURCE_FILE, StringType(), False),
+        ("size_bytes", LongType(), True),  # null when the entry could not even be listed
+        ("reason", StringType(), False),  # corrupt_file | unreadable_file
+        ("detail", StringType(), True),  # the error's first line
+        ("run_id", StringType(), False),
+    ),
+    description="Source files left out of a clean run because they could not be read, and why.",
 )
 
 USER_INDEX_TABLE = Table(
@@ -217,7 +234,7 @@ RECOMMENDATIONS = Table(
 ALL_TABLES: dict[str, Table] = {
     t.name: t
     for t in (
-        EVENTS_CLEAN, QUARANTINE, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS,
+        EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS,
         SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS, RECOMMENDATIONS,
     )
 }

@@ -21,13 +21,14 @@ pytestmark = pytest.mark.spark
 
 UTC = dt.timezone.utc
 REFERENCE = "2026-03-02T00:00:00Z"  # the day after the synthetic span ends
-RAW_SCHEMA = ", ".join(f"{c} string" for c in (*sources.FIELDS, "source_file", "corrupt_record"))
+RAW_FIELDS = (*sources.FIELDS, "source_file", "corrupt_record", "parse_error")
+RAW_SCHEMA = ", ".join(f"{c} string" for c in RAW_FIELDS) + ", record_bytes int"
 
 
 def raw_rows(spark, *rows: dict):
-    """Rows as sources.read_source gives them (all strings); unspecified fields null."""
-    fields = (*sources.FIELDS, "source_file", "corrupt_record")
-    data = [tuple(r.get(f, "f.json" if f == "source_file" else None) for f in fields) for r in rows]
+    """Rows as sources.read_source gives them (strings, record_bytes); unspecified fields null."""
+    defaults = {"source_file": "f.json", "record_bytes": 100}
+    data = [tuple(r.get(f, defaults.get(f)) for f in (*RAW_FIELDS, "record_bytes")) for r in rows]
     return spark.createDataFrame(data, RAW_SCHEMA)
 
 
@@ -247,9 +248,15 @@ def test_every_dirty_kind_in_quarantine_with_its_reason(cleaned):
     r, m = cleaned["report"], cleaned["manifest"]
     expected = {code: m["expected"]["quarantined_by_reason"].get(code, 0) for code in C.REASON_CODES}
     assert r["quarantined_by_reason"] == expected
-    assert all(n > 0 for n in expected.values())  # every code occurs
+    # Every kind the generator plants occurs (hostile inputs: tests/test_hostile_input.py).
+    assert set(m["expected"]["quarantined_by_reason"]) >= {
+        C.REASON_MALFORMED, C.REASON_MISSING_USER, C.REASON_MISSING_ITEM, C.REASON_UNKNOWN_TYPE,
+        C.REASON_INVALID_TS, C.REASON_TOO_OLD, C.REASON_FUTURE, C.REASON_INVALID_VALUE, C.REASON_BOT,
+    }
+    assert all(n > 0 for n in m["expected"]["quarantined_by_reason"].values())
+    assert r["quarantined_files"] == 0 and r["input_files"] == len(list(cleaned["wh"].parent.joinpath("raw").rglob("part-*")))
     table = {row["reason"]: row["count"] for row in cleaned["quarantine"].groupBy("reason").count().collect()}
-    assert table == expected
+    assert table == {code: n for code, n in expected.items() if n}
 
 
 def test_each_quarantined_row_has_the_reason_its_raw_line_calls_for(cleaned):

@@ -42,6 +42,8 @@ def test_set_override_parses_yaml_scalars():
         ("clean.nope=1", "clean.nope"),
         ("dataset.source.format=xml", "dataset.source.format"),
         ("run_date=2026-13-01", "run_date"),
+        ("clean.on_unreadable_file=skip", "clean.on_unreadable_file"),
+        ("clean.max_id_length=0", "clean.max_id_length"),
     ],
 )
 def test_malformed_override_names_the_key(override, fragment):

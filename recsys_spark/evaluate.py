@@ -112,6 +112,8 @@ def ranking_metrics(
 
     if item_popularity is not None:
         # percent_rank over the whole catalog: 0 = least popular, 1 = most popular.
+        # A global window: Spark warns "Moving all data to a single partition", but the
+        # rows are items (one per catalog entry, tens of thousands), never events.
         pct = item_popularity.select(
             ITEM_INDEX, F.percent_rank().over(Window.orderBy("popularity")).alias("pop_pct")
         )

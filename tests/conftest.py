@@ -39,6 +39,14 @@ def synthetic_job_argv(root: Path, overrides: list[str]) -> tuple[list[str], Pat
     return argv, raw, wh
 
 
+def run_data_stages(argv: list[str], *, reference_time: str) -> None:
+    """generate -> clean -> tables -> split through the jobs themselves (a synthetic warehouse)."""
+    load_job("generate_events").main(argv)
+    load_job("clean_events").main(argv + ["--reference-time", reference_time])
+    load_job("build_tables").main(argv)
+    load_job("split").main(argv)
+
+
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory):
     """The one SparkSession of the test run (2 cores, few partitions, no UI)."""

@@ -13,7 +13,7 @@ from recsys_spark import io
 from recsys_spark.memory import MemoryBudgetError
 from recsys_spark.schemas import ITEM_INDEX_TABLE, USER_INDEX_TABLE
 from tests.conftest import load_job as job
-from tests.conftest import synthetic_job_argv
+from tests.conftest import run_data_stages, synthetic_job_argv
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -38,10 +38,7 @@ LARGE = [
 @pytest.fixture(scope="module")
 def large(spark, tmp_path_factory):
     argv, _, wh = synthetic_job_argv(tmp_path_factory.mktemp("large"), LARGE)
-    job("generate_events").main(argv)
-    job("clean_events").main(argv + ["--reference-time", "2026-03-02T00:00:00Z"])
-    job("build_tables").main(argv)
-    job("split").main(argv)
+    run_data_stages(argv, reference_time="2026-03-02T00:00:00Z")
     return dict(argv=argv, wh=wh)
 
 

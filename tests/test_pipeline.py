@@ -12,7 +12,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import load_job as job
-from tests.conftest import synthetic_job_argv
+from tests.conftest import run_data_stages, synthetic_job_argv
 from recsys_spark import io, model_eval, split
 from recsys_spark.schemas import ITEM_FACTORS, SPLIT, USER_FACTORS
 
@@ -42,10 +42,7 @@ PLANTED = [
 @pytest.fixture(scope="module")
 def pipeline(spark, tmp_path_factory):
     argv, _, wh = synthetic_job_argv(tmp_path_factory.mktemp("pipeline"), PLANTED)
-    job("generate_events").main(argv)
-    job("clean_events").main(argv + ["--reference-time", "2026-03-02T00:00:00Z"])
-    job("build_tables").main(argv)
-    job("split").main(argv)
+    run_data_stages(argv, reference_time="2026-03-02T00:00:00Z")
     job("train_baselines").main(argv + ["--models", "popularity,ease"])
     als_report = job("train_als").main(argv)
     evaluation = job("evaluate").main(argv)

@@ -62,6 +62,8 @@ def main(argv=None) -> dict:
                                            item_factors=artifacts.factors_frame(spark, matrix, ITEM_INDEX))
             else:
                 results = model_eval.fold_metrics(split_rows, recs, fold, n_items, cfg)
+            if kind == artifacts.KIND_ITEM_ITEM:  # the fold is scored (and B saved): its file is done
+                scorer.matrix.release()
         params = {"l2": cfg.ease.l2} if name == "ease" else (
             {"recent_days": cfg.popularity.recent_days} if name == "popularity_recent" else {})
         artifacts.save_metadata(

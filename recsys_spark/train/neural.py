@@ -64,23 +64,23 @@ class FittedModel:
 
     def torch_build_kwargs(self) -> dict[str, Any]:
         """``RecModel.build``'s keyword arguments, item features as tensors (for TorchModelScorer)."""
-        import torch
+        return with_feature_tensors(self.build_kwargs, self.item_features)
 
-        kwargs = dict(self.build_kwargs)
-        if self.item_features is not None:
-            kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in self.item_features.items()}
-        return kwargs
+
+def with_feature_tensors(build_kwargs: dict[str, Any], item_features) -> dict[str, Any]:
+    """``build_kwargs`` plus ``item_features`` (NumPy arrays) as tensors, when there are any."""
+    import torch
+
+    kwargs = dict(build_kwargs)
+    if item_features:
+        kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in item_features.items()}
+    return kwargs
 
 
 def _load_model(cls, build_kwargs, item_features, state: bytes):
-    import torch
-
     from recsys_spark.train.loop import state_dict_from_bytes
 
-    kwargs = dict(build_kwargs)
-    if item_features is not None:
-        kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in item_features.items()}
-    model = cls.build(**kwargs)
+    model = cls.build(**with_feature_tensors(build_kwargs, item_features))
     model.load_state_dict(state_dict_from_bytes(state))
     return model.eval()
 
@@ -148,15 +148,6 @@ def clear_checkpoints(cfg: Config, name: str) -> None:
         checkpoint.clear(checkpoint_dir(cfg, name, phase))
 
 
-def _estimate_kwargs(n_users: int, n_items: int, params: dict, features) -> dict:
-    import torch
-
-    kwargs: dict[str, Any] = {"n_users": n_users, "n_items": n_items, "params": params}
-    if features:
-        kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in features.items()}
-    return kwargs
-
-
 def check_training_memory(
     cls, build_kwargs: dict, *, name: str, n_items: int, batch_size: int, num_processes: int,
     executor_python_memory: str | None = None, available: int | None = None,
@@ -222,7 +213,8 @@ def fit(
         validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
     settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
-    check_training_memory(cls, _estimate_kwargs(n_users, n_items, params, features), name=name,
+    check_training_memory(cls, with_feature_tensors({"n_users": n_users, "n_items": n_items, "params": params},
+                                                    features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"))
     started = time.time()

@@ -60,7 +60,7 @@ def write_catalog(root: Path) -> Path:
     return path
 
 
-def run_pipeline(root: Path, dataset: Path, *sets: str, stages: str | None = None,
+def run_pipeline(root: Path, dataset: Path, *sets: str, stages: str | None = None, isolated: bool = False,
                  timeout: int = 1500) -> tuple[int, dict, str]:
     logs = root / "logs"
     argv = ["--dataset", str(dataset), "--warehouse", str(root / "wh"), "--set", "run_date=2017-08-01"]
@@ -71,6 +71,8 @@ def run_pipeline(root: Path, dataset: Path, *sets: str, stages: str | None = Non
     env.pop("SPARK_MASTER", None)
     if stages is not None:
         env["RECSYS_STAGES"] = stages
+    if isolated:
+        env["RECSYS_ISOLATED"] = "1"
     proc = subprocess.run([str(REPO / "scripts" / "pipeline.sh"), *argv], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
     status = json.loads((logs / "status.json").read_text())
@@ -132,11 +134,13 @@ def test_headerless_csv_and_quoted_titles_are_read_whole(nightly):
     assert "ok" == report["status"]
 
 
-def test_a_failing_data_stage_publishes_nothing_and_says_so(tmp_path):
+@pytest.mark.parametrize("isolated", [False, True], ids=["one driver", "a spark-submit per stage"])
+def test_a_failing_data_stage_publishes_nothing_and_says_so(tmp_path, isolated):
     dataset = write_catalog(tmp_path)
     (tmp_path / "ratings.csv").unlink()
-    code, status, output = run_pipeline(tmp_path, dataset)
+    code, status, output = run_pipeline(tmp_path, dataset, isolated=isolated)
     assert code == EXIT_NOTHING_PUBLISHED, output[-2000:]
+    assert status["mode"] == ("isolated" if isolated else "one driver")
     assert [s["stage"] for s in status["stages"]] == ["clean_events"]
     assert status["stages"][0]["status"] == "failed" and "ratings.csv" in status["stages"][0]["reason"]
     assert not (tmp_path / "wh" / "recommendations").exists()

@@ -1,0 +1,209 @@
+"""The nightly run's plan, its stage bookkeeping, its status file and its exit code.
+
+``jobs/pipeline.py`` (through ``scripts/pipeline.sh`` and ``scripts/demo.sh``)
+runs the stages in order, each one a job's ``main(argv)``:
+
+* in one driver (the default): one ``spark-submit`` for the whole run, so the
+  JVM, the Spark application, the executors and the Python imports are paid
+  once, not once per stage. A stage's exception is caught and recorded like a
+  failed ``spark-submit`` would be; what the memory budgets
+  (:mod:`recsys_spark.memory`) refuse never reaches the JVM.
+* isolated (``--isolated``): one ``scripts/submit.sh`` per stage, each in its
+  own JVM, for a night where a stage that kills its process (a native crash)
+  must not take the others with it. Slower by a JVM and application start per stage.
+
+Either way the plan, the rules (which stage is required, which models
+evaluate and recommend may use) and the outcome are the ones below.
+
+Exit status (docs/operations.md, "Exit codes"):
+
+* 0 every stage succeeded and recommendations were published
+* 1 nothing was published (a required stage failed)
+* 2 a usage or config error (a job said so with its own exit code 2); nothing published
+* 3 recommendations were published, but some model (or the evaluation) failed
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+
+POPULARITY_MODELS = ("popularity", "popularity_recent")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the run: a job and its own arguments.
+
+    Attributes:
+        name: what the status calls it (``train_neural neumf``); its first word
+            is what ``RECSYS_STAGES`` selects.
+        job: the job file's stem under ``jobs/``.
+        args: the job's own arguments, before the run's shared ones.
+        required: a failure ends the run with nothing published.
+        models: the models this stage trains (what evaluate and recommend may use).
+        takes_models: evaluate and recommend: given ``--models`` of this run's trained models.
+    """
+
+    name: str
+    job: str
+    args: tuple[str, ...] = ()
+    required: bool = False
+    models: tuple[str, ...] = ()
+    takes_models: bool = False
+
+    @property
+    def key(self) -> str:
+        return self.name.split()[0]
+
+
+def plan(neural_models: Sequence[str], *, generate: bool = False) -> list[Stage]:
+    """The stages of a run, in order."""
+    stages = [Stage("generate_events", "generate_events", required=True)] if generate else []
+    stages += [
+        Stage("clean_events", "clean_events", required=True),
+        Stage("build_tables", "build_tables", required=True),
+        Stage("split", "split", required=True),
+        Stage("train_popularity", "train_baselines", ("--models", ",".join(POPULARITY_MODELS)),
+              required=True, models=POPULARITY_MODELS),
+        Stage("train_ease", "train_baselines", ("--models", "ease"), models=("ease",)),
+        Stage("train_als", "train_als", models=("als",)),
+    ]
+    stages += [Stage(f"train_neural {m}", "train_neural", ("--model", m), models=(m,)) for m in neural_models]
+    stages += [
+        Stage("evaluate", "evaluate", takes_models=True),
+        # Required: a run that publishes nothing has failed, whatever else trained.
+        Stage("recommend", "recommend", required=True, takes_models=True),
+    ]
+    return stages
+
+
+def selected(stages: Sequence[Stage], wanted: str | None) -> list[Stage]:
+    """The stages ``RECSYS_STAGES`` names (space-separated first words), in plan order; all when unset or blank."""
+    keys = set((wanted or "").split())
+    return [s for s in stages if not keys or s.key in keys]
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # ok | failed
+    seconds: int
+    started_at: int
+    ended_at: int
+    log: str
+    reason: str | None = None
+    exit_code: int = 0
+
+
+@dataclass
+class RunStatus:
+    """What ``status.json`` holds: the run's outcome and each stage's result."""
+
+    outcome: str = "running"
+    exit_code: int | None = None
+    mode: str = "one driver"
+    stages: list[StageResult] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps({"outcome": self.outcome, "exit_code": self.exit_code, "mode": self.mode,
+                           "stages": [{k: v for k, v in asdict(s).items() if k != "exit_code"}
+                                      for s in self.stages]}, indent=2)
+
+
+# A stage runner: (stage, full argv for its job, log path) -> (exit code, failure reason or None).
+StageRunner = Callable[[Stage, list[str], Path], tuple[int, str | None]]
+
+
+def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner, *, log_dir: Path,
+        mode: str, out: TextIO | None = None) -> RunStatus:
+    """Run ``stages`` in order through ``run_stage`` and return the run's status (also written to
+    ``log_dir/status.json`` after every stage, so a killed run still shows how far it got).
+
+    Optional stages that fail are recorded and the run goes on; evaluate and
+    recommend get ``--models`` with the models trained so far (none trained in
+    this run, e.g. a partial rerun: every model on disk).
+    """
+    out = out or sys.stdout
+
+    def say(text: str, end: str = "\n") -> None:
+        out.write(text + end)
+        out.flush()
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    status = RunStatus(mode=mode)
+    trained: list[str] = []
+    partial = False
+
+    def finish(outcome: str, code: int) -> RunStatus:
+        status.outcome, status.exit_code = outcome, code
+        _write(log_dir, status)
+        say(f"pipeline: {outcome} (exit {code}); status: {log_dir / 'status.json'}")
+        return status
+
+    for stage in stages:
+        argv = [*stage.args]
+        if stage.takes_models and trained:
+            argv += ["--models", ",".join(trained)]
+        argv += list(job_args)
+        log = log_dir / f"{stage.name.replace(' ', '_')}.log"
+        started = time.time()
+        say(f"{stage.name:<34}", end="")
+        code, reason = run_stage(stage, argv, log)
+        ended = time.time()
+        seconds = int(round(ended - started))
+        result = StageResult(stage.name, "ok" if code == 0 else "failed", seconds, int(started), int(ended),
+                             str(log), None if code == 0 else f"exit {code}: {reason or 'see the log'}", code)
+        status.stages.append(result)
+        _write(log_dir, status)
+        if code == 0:
+            say(f"ok ({seconds} s)")
+            trained += stage.models
+            continue
+        say(f"FAILED (exit {code}, {seconds} s): {reason or 'see the log'}; log: {log}")
+        if stage.required:
+            if code == EXIT_CONFIG:
+                return finish(f"config or usage error in stage '{stage.name}', nothing published", EXIT_CONFIG)
+            return finish(f"stage '{stage.name}' failed, nothing published", EXIT_NOTHING_PUBLISHED)
+        partial = True
+    if not any(s.name == "recommend" for s in stages):
+        return finish("stages done, nothing to publish in this selection", EXIT_PARTIAL if partial else EXIT_OK)
+    if partial:
+        return finish("published; some stages failed (see status)", EXIT_PARTIAL)
+    return finish("every stage succeeded, published", EXIT_OK)
+
+
+def _write(log_dir: Path, status: RunStatus) -> None:
+    tmp = log_dir / "status.json.tmp"
+    tmp.write_text(status.to_json() + "\n", encoding="utf-8")
+    os.replace(tmp, log_dir / "status.json")
+
+
+# --------------------------------------------------------------------------- failure reasons
+
+_ERROR_LINE = re.compile(
+    r"^([A-Za-z_][A-Za-z0-9_.]*(Error|Exception|Refused|Failed)\b|config error|[a-z_]+\.py: |[a-z_]+: )")
+_NOISE = re.compile(r"^(WARNING|INFO|DEBUG|WARN)\b")
+
+
+def reason_from_log(text: str) -> str | None:
+    """The last exception or error line of a job's output, on one line (what a scheduler's alert shows)."""
+    lines = [ln.strip() for ln in text.splitlines()]
+    hits = [ln for ln in lines if _ERROR_LINE.match(ln) and not _NOISE.match(ln)]
+    return hits[-1][:500].replace("\t", " ") if hits else None
+
+
+def reason_from_exception(exc: BaseException) -> str:
+    """``Type: message`` on one line; for an error raised in the JVM, the Java exception's line."""
+    text = str(exc)
+    java = [ln.strip(": ").strip() for ln in text.splitlines() if re.match(r"^:?\s*(java|org|scala)\.\S+:", ln)]
+    line = java[0] if java else (text.strip().splitlines() or [""])[0]
+    return f"{type(exc).__module__}.{type(exc).__name__}: {line}"[:500]

@@ -4,10 +4,11 @@ Every model is judged the same way: its top-K over the whole catalog minus
 the user's training items (``scoring.top_k``), against the user's held-out
 items. Sampled-negative metrics are deliberately absent: they mis-rank models.
 
-Precision/Recall/NDCG/MAP@K come from ``pyspark.ml.evaluation.RankingEvaluator``
-(binary relevance). What it lacks (HitRate@K, MRR, catalog coverage@K and the
-popularity bias of the recommendations) is computed per user with joins and
-window functions. Users are weighted equally; a user with no recommendations
+Precision/Recall/NDCG/MAP@K are ``pyspark.ml.evaluation.RankingEvaluator``'s
+(binary relevance), computed with HitRate@K and MRR in one pass of SQL array
+expressions per user (RankingEvaluator makes a pass per metric and k; the
+tests check the two agree). Catalog coverage@K and the popularity bias of the
+recommendations are computed with joins and window functions. Users are weighted equally; a user with no recommendations
 counts as all misses.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from pyspark.ml.evaluation import RankingEvaluator, RegressionEvaluator
+from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -70,40 +71,28 @@ def ranking_metrics(
 
     predictions = recs.groupBy(USER_INDEX).agg(
         F.transform(
-            F.array_sort(F.collect_list(F.struct("rank", ITEM_INDEX))), lambda x: x[ITEM_INDEX].cast("double")
+            F.array_sort(F.collect_list(F.struct("rank", ITEM_INDEX))), lambda x: x[ITEM_INDEX]
         ).alias("prediction")
     )
-    # Cached: RankingEvaluator makes one pass per (metric, k).
-    joined = (
+    # One row per evaluated user: its top max(ks) as hit flags (1 where the item is relevant).
+    per_user = (
         relevant.join(predictions, USER_INDEX, "left")
         .select(
             USER_INDEX,
-            F.coalesce("prediction", F.array().cast("array<double>")).alias("prediction"),
-            F.transform("relevant", lambda x: x.cast("double")).alias("label"),
+            F.transform(F.coalesce("prediction", F.array().cast("array<int>")),
+                        lambda x: F.when(F.array_contains("relevant", x), 1).otherwise(0)).alias("hits"),
+            F.size("relevant").alias("n_relevant"),
         )
-        .cache()
+        .cache()  # read by the metrics pass and by coverage
     )
-    n_users = joined.count()
-    if n_users == 0:
-        joined.unpersist()
+    row = per_user.agg(F.count(F.lit(1)).alias("users"), *_per_user_metric_means(ks)).first().asDict()
+    if not row["users"]:
+        per_user.unpersist()
         raise ValueError("evaluation: no users with held-out items")
-    out: dict[str, float] = {"users": float(n_users)}
-    for k in ks:
-        for name, spark_name in _SPARK_METRICS.items():
-            evaluator = RankingEvaluator(metricName=spark_name, k=k, predictionCol="prediction", labelCol="label")
-            out[f"{name}_at_{k}"] = float(evaluator.evaluate(joined))
-
-    # First hit per user -> HitRate@K and MRR.
-    pairs = relevant.select(USER_INDEX, F.explode("relevant").alias(ITEM_INDEX))
-    first_hit = recs.join(pairs, [USER_INDEX, ITEM_INDEX]).groupBy(USER_INDEX).agg(F.min("rank").alias("first_hit"))
-    per_user = joined.select(USER_INDEX).join(first_hit, USER_INDEX, "left")
-    aggs = [F.avg(F.coalesce(1.0 / F.col("first_hit"), F.lit(0.0))).alias("mrr")]
-    aggs += [F.avg(F.when(F.col("first_hit") <= k, 1.0).otherwise(0.0)).alias(f"hit_rate_at_{k}") for k in ks]
-    row = per_user.agg(*aggs).first().asDict()
-    out.update({k: float(v) for k, v in row.items()})
+    out: dict[str, float] = {k: float(v) for k, v in row.items()}
 
     # Coverage@K over the catalog; recommendations of the evaluated users only.
-    evaluated_recs = recs.join(joined.select(USER_INDEX), USER_INDEX, "left_semi")
+    evaluated_recs = recs.join(per_user.select(USER_INDEX), USER_INDEX, "left_semi")
     cov = evaluated_recs.agg(
         *[F.countDistinct(F.when(F.col("rank") <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]
     ).first()
@@ -122,8 +111,46 @@ def ranking_metrics(
         ).first()
         for k in ks:
             out[f"popularity_percentile_at_{k}"] = float(pop[f"p{k}"] or 0.0)
-    joined.unpersist()
+    per_user.unpersist()
     return out
+
+
+def _sum(array_col):
+    return F.aggregate(array_col, F.lit(0.0), lambda acc, x: acc + x)
+
+
+def _per_user_metric_means(ks: Sequence[int]) -> list:
+    """Mean over users of precision, recall, NDCG, MAP and hit rate at each k, and MRR, from ``hits``
+    (0/1 per rank) and ``n_relevant``: one pass over the users for every metric.
+
+    The definitions are ``pyspark.mllib.evaluation.RankingMetrics``' (what
+    ``RankingEvaluator`` computes), which tests/test_evaluate.py checks on random
+    rankings: precision divides by k even when fewer than k were recommended;
+    NDCG's ideal ranks ``min(|relevant|, k)`` hits; average precision divides by
+    ``min(|relevant|, k)``. ``RankingEvaluator`` itself makes one pass over the
+    data per (metric, k), 12 Spark jobs for the default ks, in every model's
+    validation and in the comparison; these expressions make one.
+    """
+    hits = F.col("hits")
+    n_rel = F.greatest(F.col("n_relevant"), F.lit(1))  # no relevant items: every metric 0, as RankingMetrics
+    means = []
+    for k in ks:
+        top = F.slice(hits, 1, k)
+        found = _sum(top)
+        dcg = _sum(F.transform(top, lambda h, i: h / F.log2(i + 2)))
+        ideal = _sum(F.transform(F.sequence(F.lit(1), F.least(n_rel, F.lit(k))), lambda i: 1.0 / F.log2(i + 1)))
+        # Precision at each hit's rank: hits so far / rank.
+        precision_at_hits = _sum(F.transform(top, lambda h, i: h * _sum(F.slice(top, 1, i + 1)) / (i + 1)))
+        means += [
+            F.avg(found / k).alias(f"precision_at_{k}"),
+            F.avg(found / n_rel).alias(f"recall_at_{k}"),
+            F.avg(dcg / ideal).alias(f"ndcg_at_{k}"),
+            F.avg(precision_at_hits / F.least(n_rel, F.lit(k))).alias(f"map_at_{k}"),
+            F.avg(F.when(found > 0, 1.0).otherwise(0.0)).alias(f"hit_rate_at_{k}"),
+        ]
+    first_hit = F.array_position(F.slice(hits, 1, max(ks)), 1)  # 1-based; 0 when none
+    means.append(F.avg(F.when(first_hit > 0, 1.0 / first_hit).otherwise(0.0)).alias("mrr"))
+    return means
 
 
 def rating_errors(predictions: DataFrame, *, label_col: str = "rating", prediction_col: str = "prediction") -> dict:

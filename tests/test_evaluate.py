@@ -72,6 +72,30 @@ def test_parity_with_numpy_on_random_rankings(spark):
         assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
+def test_the_one_pass_metrics_equal_sparks_ranking_evaluator(spark):
+    """Precision, recall, NDCG and MAP are computed with SQL array expressions in one pass;
+    they must be RankingEvaluator's numbers, short and empty rankings included."""
+    from pyspark.ml.evaluation import RankingEvaluator
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(3)
+    n_items = 120
+    recs = {u: list(rng.choice(n_items, size=int(rng.integers(0, 25)), replace=False)) for u in range(200)}
+    recs = {u: r for u, r in recs.items() if r}
+    relevant = {u: set(rng.choice(n_items, size=int(rng.integers(1, 40)), replace=False)) for u in range(220)}
+    ks = [1, 5, 20]
+    got = evaluate.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=ks, n_items=n_items)
+    table = spark.createDataFrame(
+        [([float(i) for i in recs.get(u, [])], [float(i) for i in sorted(rel)]) for u, rel in relevant.items()],
+        "prediction array<double>, label array<double>")
+    names = {"precision": "precisionAtK", "recall": "recallAtK", "ndcg": "ndcgAtK", "map": "meanAveragePrecisionAtK"}
+    for k in ks:
+        for ours, theirs in names.items():
+            want = RankingEvaluator(metricName=theirs, k=k).evaluate(table)
+            assert got[f"{ours}_at_{k}"] == pytest.approx(want, abs=1e-12), (ours, k)
+    assert table.where(F.size("prediction") == 0).count() >= 20  # users without recommendations count as misses
+
+
 def test_rating_errors(spark):
     df = spark.createDataFrame([(4.0, 3.0), (2.0, 2.5), (5.0, float("nan"))], "rating double, prediction double")
     m = evaluate.rating_errors(df)

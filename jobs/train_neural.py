@@ -2,7 +2,7 @@
 
 Selection: train on the train fold, early stopping on validation
 (evaluation.primary_metric); then, with neural.refit, retrain on train +
-validation for the best epoch count. Writes <warehouse>/models/<name>/ (factor
+validation for the best epoch count (in the same launch of the training processes). Writes <warehouse>/models/<name>/ (factor
 tables for dot-product models, else model.pt) with metadata.json, and test
 top-K to <warehouse>/eval_recs/<name>/test for jobs/evaluate.py.
 
@@ -31,12 +31,13 @@ def main(argv=None) -> dict:
     features = neural.item_features(spark, wh, n_items)
     sizes = dict(n_users=n_users, n_items=n_items, features=features)
 
-    selected = neural.fit(spark, cfg, split_rows, name, final=False, **sizes)
+    if cfg.neural.refit:  # both fits in one launch of the training processes
+        selected, final = neural.fit_and_refit(spark, cfg, split_rows, name, **sizes)
+    else:
+        selected = final = neural.fit(spark, cfg, split_rows, name, final=False, **sizes)
     val_recs = neural.score_fold(spark, cfg, split_rows, selected, model_eval.SELECTION_FOLD)["recs"]
     validation = model_eval.fold_metrics(split_rows, val_recs, model_eval.SELECTION_FOLD, n_items, cfg)
     best_epochs = selected.best_epoch + 1
-    final = (neural.fit(spark, cfg, split_rows, name, final=True, epochs=best_epochs, **sizes)
-             if cfg.neural.refit else selected)
 
     scored = neural.score_fold(spark, cfg, split_rows, final, model_eval.FINAL_FOLD)
     model_eval.write_eval_recs(scored["recs"], wh, name, model_eval.FINAL_FOLD)
@@ -51,7 +52,9 @@ def main(argv=None) -> dict:
               f"{primary}_validation_in_trainer": selected.best_metric, "best_epoch": best_epochs,
               "stopped_early": selected.stopped_early, "processes": cfg.neural.num_processes,
               "use_gpu": selected.extra["use_gpu"], "selection_seconds": round(selected.seconds, 1),
-              "refit_seconds": round(final.seconds, 1) if cfg.neural.refit else 0.0}
+              "refit_seconds": round(final.seconds, 1) if cfg.neural.refit else 0.0,
+              "selection_phases": selected.extra["phases"],
+              "refit_phases": final.extra["phases"] if cfg.neural.refit else None}
     print_report("train_neural", report)
     return report
 

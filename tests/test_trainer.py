@@ -496,6 +496,38 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
 
 @pytest.mark.spark
 @pytest.mark.slow
+@pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
+def test_the_refit_in_the_selection_launch_equals_a_refit_launched_alone(spark, planted_warehouse, tmp_path):
+    """fit_and_refit runs selection and the refit in one launch of the processes; the refit's
+    weights must be the separate refit's, byte for byte. Two-tower: its loss reads the
+    training counts (log-q correction), which differ between train and train + validation."""
+    from recsys_spark import io, model_eval
+    from recsys_spark.config import load_config
+    from recsys_spark.schemas import SPLIT
+    from recsys_spark.train import neural
+
+    wh = planted_warehouse
+    cfg = load_config(overrides=[
+        f"warehouse={wh}", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
+        "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", "neural.negative_sampling=popularity",
+        f"neural.cache_dir={tmp_path / 'cache'}", f"neural.checkpoint_dir={tmp_path / 'ck'}",
+        "neural.models={two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}",
+    ])
+    split_rows = io.read_table(spark, wh, SPLIT)
+    n_users, n_items = model_eval.catalog_sizes(spark, wh)
+    sizes = dict(n_users=n_users, n_items=n_items, features=neural.item_features(spark, wh, n_items))
+    selected, refit = neural.fit_and_refit(spark, cfg, split_rows, "two_tower", **sizes)
+    neural.clear_checkpoints(cfg, "two_tower")
+    alone = neural.fit(spark, cfg, split_rows, "two_tower", final=True, epochs=selected.best_epoch + 1, **sizes)
+    neural.clear_checkpoints(cfg, "two_tower")
+    assert refit.epochs_run == alone.epochs_run == selected.best_epoch + 1
+    assert refit.state_dict == alone.state_dict
+    assert refit.state_dict != selected.state_dict  # it did train again, on more rows
+    assert refit.extra["examples"] > selected.extra["examples"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow
 @pytest.mark.skipif(not _registered("neumf"), reason="neumf is not registered yet")
 def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, planted_warehouse):
     """The non-dot-product path of the job without a training run: TorchModelScorer

@@ -55,7 +55,23 @@ class WorkerJob:
     run_key: str = ""
     threads_per_process: int = 1
     use_gpu: bool = False
+    refit: "RefitPlan | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RefitPlan:
+    """The refit that follows selection in the same processes (one launch, not two).
+
+    ``settings.epochs`` is replaced by the number of epochs selection found best,
+    which rank 0 sends to every process once selection ends.
+    """
+
+    data: Any  # recsys_spark.train.data.PetastormData of train + validation
+    settings: TrainSettings
+    item_counts: np.ndarray  # of train + validation: negative sampling and log-q correction
+    checkpoint_dir: str | None = None
+    run_key: str = ""
 
 
 def build_model(job: WorkerJob):
@@ -74,6 +90,7 @@ def build_model(job: WorkerJob):
 
 def _worker(job: WorkerJob):
     """One training process (runs under torchrun: RANK, WORLD_SIZE, MASTER_ADDR are set)."""
+    import dataclasses
     import os
 
     import torch
@@ -91,26 +108,36 @@ def _worker(job: WorkerJob):
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
-        model = build_model(job)
-        validation = job.data.validation_set() if rank == 0 and job.validate else None
 
-        def loader_factory(epoch: int):
-            return job.data.shard_loader(
-                rank=rank, world_size=world, batch_size=job.batch_size, seed=job.settings.seed, epoch=epoch
+        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str):
+            def loader_factory(epoch: int):
+                return data.shard_loader(
+                    rank=rank, world_size=world, batch_size=job.batch_size, seed=settings.seed, epoch=epoch
+                )
+
+            return loop.train(
+                build_model(job),  # freshly initialised, the same on every rank and for both phases
+                loader_factory,
+                settings,
+                item_counts=item_counts,
+                validation=data.validation_set() if rank == 0 and validate else None,
+                device=device,
+                checkpoint_dir=checkpoint_dir,
+                run_key=run_key,
+                steps_per_epoch_hint=data.steps_per_epoch(job.batch_size, world),
+                log=lambda line: print(f"[{job.model_name}{phase}] {line}", flush=True),
             )
 
-        return loop.train(
-            model,
-            loader_factory,
-            job.settings,
-            item_counts=job.item_counts,
-            validation=validation,
-            device=device,
-            checkpoint_dir=job.checkpoint_dir,
-            run_key=job.run_key,
-            steps_per_epoch_hint=job.data.steps_per_epoch(job.batch_size, world),
-            log=lambda line: print(f"[{job.model_name}] {line}", flush=True),
-        )
+        selected = fit(job.data, job.settings, job.item_counts, validate=job.validate, checkpoint_dir=job.checkpoint_dir,
+                       run_key=job.run_key, phase="")
+        if job.refit is None:
+            return selected
+        best = [selected["best_epoch"] if rank == 0 else None]
+        dist.broadcast_object_list(best, src=0)
+        settings = dataclasses.replace(job.refit.settings, epochs=int(best[0]) + 1, early_stopping=False)
+        refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False, checkpoint_dir=job.refit.checkpoint_dir,
+                    run_key=job.refit.run_key, phase=" refit")
+        return {"selection": selected, "refit": refit} if rank == 0 else None
     finally:
         dist.destroy_process_group()
 
@@ -268,5 +295,5 @@ def threads_per_process(spark: SparkSession, num_processes: int) -> int:
     return max(1, spark.sparkContext.defaultParallelism // max(1, num_processes))
 
 
-__all__ = ["TrainingProcessFailed", "WorkerJob", "build_model", "describe_failure", "resolve_use_gpu", "run",
+__all__ = ["RefitPlan", "TrainingProcessFailed", "WorkerJob", "build_model", "describe_failure", "resolve_use_gpu", "run",
            "threads_per_process"]

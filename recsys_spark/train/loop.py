@@ -365,6 +365,7 @@ def train(
 
         # Validation and the early-stopping decision on rank 0, then shared.
         metric, improved = math.nan, True
+        validation_started = time.perf_counter()
         if rank == 0 and validation is not None:
             metric = evaluate_model(model, validation, metric=settings.metric, device=device,
                                     batch_users=settings.eval_batch_users)
@@ -388,6 +389,7 @@ def train(
                       "steps": steps, "peak_rss_mb": peak_mb,
                       # Throughput per CPU-second: what a process achieves per core it actually got.
                       "samples_per_cpu_s": totals[1] / max(cpu_total, 1e-9),
+                      "validation_seconds": time.perf_counter() - validation_started,
                       settings.metric: metric}
             history.append(record)
             shown = f"{settings.metric} {metric:.4f} (best {best_metric:.4f} @ epoch {best_epoch + 1})" \

@@ -178,6 +178,37 @@ def check_training_memory(
     return per_process
 
 
+@dataclass
+class _Phase:
+    """One fit's inputs: its training rows, examples, validation (selection only), settings and checkpoint key."""
+
+    name: str  # selection | refit
+    rows: DataFrame
+    examples: DataFrame
+    validation: tuple[DataFrame, DataFrame] | None
+    settings: TrainSettings
+    key: str
+    checkpoint_dir: str
+
+
+def _phase(cfg: Config, split_rows: DataFrame, name: str, cls, *, final: bool, epochs: int | None,
+           n_items: int, build_kwargs: dict, features) -> _Phase:
+    nc = cfg.neural
+    rows = split.training_rows(split_rows, final=final)
+    examples = data.training_examples(rows, input_kind=cls.input_kind, needs_history=cls.needs_history,
+                                      n_items=n_items, history_length=nc.history_length)
+    validation = None
+    if not final:
+        held = split.fold(split_rows, model_eval.SELECTION_FOLD, segment="warm")
+        validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
+    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
+    phase = "refit" if final else "selection"
+    key = run_key(model=name, phase=phase, build=build_kwargs, settings=asdict(settings),
+                  batch_size=nc.batch_size, history_length=nc.history_length, processes=nc.num_processes,
+                  data=data_fingerprint(rows), features=sorted(features or {}))
+    return _Phase(phase, rows, examples, validation, settings, key, checkpoint_dir(cfg, name, phase))
+
+
 def fit(
     spark: SparkSession,
     cfg: Config,
@@ -198,51 +229,102 @@ def fit(
         epochs: the refit's epoch count (selection: ``neural.epochs``, an upper bound).
         features: item features (:func:`item_features`), used if the model takes them.
     """
+    return _fit(spark, cfg, split_rows, name, n_users=n_users, n_items=n_items, features=features,
+                model_class=model_class, final=final, epochs=epochs, then_refit=False)[0]
+
+
+def fit_and_refit(
+    spark: SparkSession,
+    cfg: Config,
+    split_rows: DataFrame,
+    name: str,
+    *,
+    n_users: int,
+    n_items: int,
+    features: dict[str, np.ndarray] | None = None,
+    model_class: type | None = None,
+) -> tuple[FittedModel, FittedModel]:
+    """Selection (train, early stopping on validation), then the refit on train + validation for the
+    best epoch count, in one launch of the training processes.
+
+    The same two fits as :func:`fit` with ``final=False`` then ``final=True,
+    epochs=best + 1``, and the same weights: each phase builds its model from
+    the same seed and reads its examples in the same seeded order. One launch
+    instead of two saves the processes' start (torchrun, torch's import, the
+    process group), about 10 s a model on 2 CPU cores (docs/benchmarks.md).
+
+    Returns:
+        (selected, final): the selection's best model and the refit model.
+    """
+    selected, final = _fit(spark, cfg, split_rows, name, n_users=n_users, n_items=n_items, features=features,
+                           model_class=model_class, final=False, epochs=None, then_refit=True)
+    return selected, final
+
+
+def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_class, final, epochs, then_refit):
     nc = cfg.neural
     cls = model_class or registry.get(name)
     params = dict(nc.models.get(name, {}))
-    phase = "refit" if final else "selection"
     reads_history = cls.needs_history or cls.input_kind == data.HISTORIES
     features = features if takes_item_features(cls) else None
-    rows = split.training_rows(split_rows, final=final)
-    examples = data.training_examples(rows, input_kind=cls.input_kind, needs_history=cls.needs_history,
-                                      n_items=n_items, history_length=nc.history_length)
-    validation = None
-    if not final:
-        held = split.fold(split_rows, model_eval.SELECTION_FOLD, segment="warm")
-        validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
-    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
+    build_kwargs = {"n_users": n_users, "n_items": n_items, "params": params}
+    phases = [_phase(cfg, split_rows, name, cls, final=final, epochs=epochs, n_items=n_items,
+                     build_kwargs=build_kwargs, features=features)]
+    if then_refit:
+        phases.append(_phase(cfg, split_rows, name, cls, final=True, epochs=None, n_items=n_items,
+                             build_kwargs=build_kwargs, features=features))
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
-    check_training_memory(cls, with_feature_tensors({"n_users": n_users, "n_items": n_items, "params": params},
-                                                    features), name=name,
+    check_training_memory(cls, with_feature_tensors(build_kwargs, features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"))
     started = time.time()
-    pdata = data.materialise(
-        spark, examples, cache_dir=nc.cache_dir, shard_count=nc.num_processes,
-        history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=validation,
-    )
+    materialised_data = []
     try:
-        build_kwargs = {"n_users": n_users, "n_items": n_items, "params": params}
-        key = run_key(model=name, phase=phase, build=build_kwargs, settings=asdict(settings),
-                      batch_size=nc.batch_size, history_length=nc.history_length, processes=nc.num_processes,
-                      data=data_fingerprint(rows), features=sorted(features or {}))
+        for p in phases:
+            materialised_data.append(data.materialise(
+                spark, p.examples, cache_dir=nc.cache_dir, shard_count=nc.num_processes,
+                history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=p.validation,
+            ))
+        materialised = time.time()
+        first = phases[0]
+        refit = None
+        if then_refit:
+            refit = distributed.RefitPlan(data=materialised_data[1], settings=phases[1].settings,
+                                          item_counts=data.item_counts(phases[1].rows, n_items),
+                                          checkpoint_dir=phases[1].checkpoint_dir, run_key=phases[1].key)
         job = distributed.WorkerJob(
-            model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=pdata, settings=settings,
-            item_counts=data.item_counts(rows, n_items), batch_size=nc.batch_size, item_features=features,
-            validate=not final, checkpoint_dir=checkpoint_dir(cfg, name, phase), run_key=key,
+            model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=materialised_data[0],
+            settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
+            item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
             threads_per_process=distributed.threads_per_process(spark, nc.num_processes), use_gpu=use_gpu,
+            refit=refit,
         )
         result = distributed.run(spark, job, num_processes=nc.num_processes)
     finally:
-        pdata.delete()
-    return FittedModel(
-        name=name, build_kwargs=build_kwargs, state_dict=result["state_dict"], history=result["history"],
-        best_epoch=result["best_epoch"], best_metric=result["best_metric"], epochs_run=result["epochs_run"],
-        stopped_early=result["stopped_early"], resumed_from=result["resumed_from"],
-        seconds=time.time() - started, item_features=features, model_class=model_class,
-        extra={"examples": pdata.rows, "parquet_files": pdata.files, "use_gpu": use_gpu},
-    )
+        for d in materialised_data:
+            d.delete()
+    ended = time.time()
+    results = [result["selection"], result["refit"]] if then_refit else [result]
+    # Where a fit's time goes: what is fixed (materialising, launching the processes)
+    # and what grows with the data and the epochs. With a refit in the same launch,
+    # the launch is counted once, in the selection's phases.
+    in_epochs = sum(h["seconds"] + h.get("validation_seconds", 0.0) for r in results for h in r["history"])
+    launch = ended - materialised - in_epochs
+    fitted = []
+    for i, (p, r, d) in enumerate(zip(phases, results, materialised_data)):
+        train_s = sum(h["seconds"] for h in r["history"])
+        validation_s = sum(h.get("validation_seconds", 0.0) for h in r["history"])
+        phase_times = {"materialise_seconds": round((materialised - started) / len(phases), 1),
+                       "train_seconds": round(train_s, 1), "validation_seconds": round(validation_s, 1),
+                       "launch_and_setup_seconds": round(launch, 1) if i == 0 else 0.0}
+        fitted.append(FittedModel(
+            name=name, build_kwargs=build_kwargs, state_dict=r["state_dict"], history=r["history"],
+            best_epoch=r["best_epoch"], best_metric=r["best_metric"], epochs_run=r["epochs_run"],
+            stopped_early=r["stopped_early"], resumed_from=r["resumed_from"],
+            seconds=sum(phase_times.values()), item_features=features, model_class=model_class,
+            extra={"examples": d.rows, "parquet_files": d.files, "use_gpu": use_gpu, "phases": phase_times},
+        ))
+    return fitted
 
 
 # --------------------------------------------------------------------------- scoring
@@ -356,6 +438,7 @@ __all__ = [
     "FittedModel",
     "clear_checkpoints",
     "fit",
+    "fit_and_refit",
     "item_factor_table",
     "item_features",
     "ordered_seen",

@@ -127,7 +127,7 @@ def test_local_metrics_equal_the_evaluation_library(spark):
     from recsys_spark import evaluate
 
     rng = np.random.default_rng(7)
-    n_users, n_items, k_list = 30, 25, [5]  # one k: each k costs the library 4 more Spark passes
+    n_users, n_items, k_list = 30, 25, [5]
     scores = torch.as_tensor(rng.normal(size=(n_users, n_items)), dtype=torch.float32)
     seen = UserItems.from_lists([rng.choice(n_items, rng.integers(0, 6), replace=False) for _ in range(n_users)])
     relevant_lists = []
@@ -152,6 +152,11 @@ def test_local_metrics_equal_the_evaluation_library(spark):
             got = local_metrics.evaluate(lambda rows: scores[rows], n_users, seen, relevant,
                                          metric=f"{name}_at_{k}", batch_users=7)
             assert got == pytest.approx(want[f"{name}_at_{k}"], abs=1e-9), f"{name}_at_{k}"
+            # Each training process scores a contiguous part of the users; the parts add up to the whole.
+            parts = [local_metrics.metric_total(lambda rows: scores[rows], seen, relevant, metric=f"{name}_at_{k}",
+                                                start=n_users * p // 3, stop=n_users * (p + 1) // 3, batch_users=4)
+                     for p in range(3)]
+            assert sum(parts) / n_users == pytest.approx(got, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- data path

@@ -120,7 +120,7 @@ def _worker(job: WorkerJob):
                 loader_factory,
                 settings,
                 item_counts=item_counts,
-                validation=data.validation_set() if rank == 0 and validate else None,
+                validation=data.validation_set() if validate else None,
                 device=device,
                 checkpoint_dir=checkpoint_dir,
                 run_key=run_key,

@@ -185,26 +185,37 @@ def evaluate(
         score_fn: scores [len(rows), n_items] of the users at positions ``rows`` (a slice).
         seen / relevant: per user position, the items to exclude / the held-out items.
     """
-    name, k = parse_metric(metric)
     if n_users == 0:
         raise ValueError("validation: no users with held-out items")
+    return metric_total(score_fn, seen, relevant, metric=metric, start=0, stop=n_users,
+                        batch_users=batch_users) / n_users
+
+
+def metric_total(
+    score_fn: Callable[[slice], torch.Tensor],
+    seen: UserItems,
+    relevant: UserItems,
+    *,
+    metric: str,
+    start: int,
+    stop: int,
+    batch_users: int = 512,
+) -> float:
+    """The sum of ``metric`` over the users at positions ``start:stop``: one process's share of
+    a validation that every process scores a part of (the parts' totals add up to the whole's)."""
+    name, k = parse_metric(metric)
     total = 0.0
-    for start in range(0, n_users, batch_users):
-        stop = min(start + batch_users, n_users)
-        seen_rows, seen_items = seen.block(start, stop)
-        top = top_k_excluding(score_fn(slice(start, stop)), seen_rows, seen_items, k)
-        rel = UserItems(relevant.indptr[start : stop + 1] - relevant.indptr[start],
-                        relevant.indices[relevant.indptr[start] : relevant.indptr[stop]])
+    for lo in range(start, stop, batch_users):
+        hi = min(lo + batch_users, stop)
+        seen_rows, seen_items = seen.block(lo, hi)
+        top = top_k_excluding(score_fn(slice(lo, hi)), seen_rows, seen_items, k)
+        rel = UserItems(relevant.indptr[lo : hi + 1] - relevant.indptr[lo],
+                        relevant.indices[relevant.indptr[lo] : relevant.indptr[hi]])
         total += float(metric_per_user(top, rel, name, k).sum())
-    return total / n_users
+    return total
 
 
-@torch.no_grad()
-def evaluate_model(model, validation: ValidationSet, *, metric: str, device, batch_users: int = 512) -> float:
-    """``evaluate`` with a RecModel's ``score_users`` on ``validation``."""
-    was_training = model.training
-    model.eval()
-
+def _model_scores(model, validation: ValidationSet, device) -> Callable[[slice], torch.Tensor]:
     def score(rows: slice) -> torch.Tensor:
         return model.score_users(
             torch.as_tensor(validation.users[rows], device=device),
@@ -212,9 +223,31 @@ def evaluate_model(model, validation: ValidationSet, *, metric: str, device, bat
             torch.as_tensor(validation.history_len[rows], device=device),
         )
 
+    return score
+
+
+@torch.no_grad()
+def evaluate_model(model, validation: ValidationSet, *, metric: str, device, batch_users: int = 512) -> float:
+    """``evaluate`` with a RecModel's ``score_users`` on ``validation``."""
+    n = len(validation.users)
+    if n == 0:
+        raise ValueError("validation: no users with held-out items")
+    return model_metric_total(model, validation, metric=metric, device=device, part=0, parts=1,
+                              batch_users=batch_users) / n
+
+
+@torch.no_grad()
+def model_metric_total(model, validation: ValidationSet, *, metric: str, device, part: int, parts: int,
+                       batch_users: int = 512) -> float:
+    """The sum of ``metric`` over part ``part`` of ``parts`` equal contiguous parts of the
+    validation users (a training process scores its part; the totals are all-reduced)."""
+    n = len(validation.users)
+    was_training = model.training
+    model.eval()
     try:
-        return evaluate(score, len(validation.users), validation.seen, validation.relevant,
-                        metric=metric, batch_users=batch_users)
+        return metric_total(_model_scores(model, validation, device), validation.seen, validation.relevant,
+                            metric=metric, start=n * part // parts, stop=n * (part + 1) // parts,
+                            batch_users=batch_users)
     finally:
         model.train(was_training)
 
@@ -226,6 +259,8 @@ __all__ = [
     "evaluate",
     "evaluate_model",
     "metric_per_user",
+    "metric_total",
+    "model_metric_total",
     "parse_metric",
     "top_k_excluding",
 ]

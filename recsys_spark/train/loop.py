@@ -21,10 +21,11 @@ tensors in tests and benchmarks, or by anything that replaces Petastorm later.
   same counts, for log-q correction.
 * Mixed precision: autocast on CUDA only (bf16 where supported, else fp16 with
   a gradient scaler); CPU runs stay in float32.
-* Validation: after every epoch rank 0 ranks the whole catalog for the
-  validation users (:mod:`recsys_spark.train.local_metrics`, the evaluation
-  library's definitions), keeps the best weights, and broadcasts the early
-  stopping decision so every rank leaves the loop at the same epoch.
+* Validation: after every epoch each rank ranks the whole catalog for its
+  share of the validation users (:mod:`recsys_spark.train.local_metrics`, the
+  evaluation library's definitions) and the sums are all-reduced; rank 0 keeps
+  the best weights and broadcasts the early stopping decision so every rank
+  leaves the loop at the same epoch.
 * Checkpoints: rank 0 writes one after every epoch
   (:mod:`recsys_spark.train.checkpoint`); a rerun with the same ``run_key``
   resumes after the last completed epoch. Every epoch reseeds all randomness
@@ -47,7 +48,7 @@ import torch.distributed as dist
 
 from recsys_spark.models.base import RecModel, TrainContext
 from recsys_spark.train import checkpoint as ckpt
-from recsys_spark.train.local_metrics import ValidationSet, evaluate_model, parse_metric
+from recsys_spark.train.local_metrics import ValidationSet, model_metric_total, parse_metric
 
 LoaderFactory = Callable[[int], contextlib.AbstractContextManager]
 
@@ -246,8 +247,8 @@ def train(
         loader_factory: ``loader_factory(epoch)`` -> context manager yielding this
             rank's batches of that epoch (dicts of tensors).
         item_counts: [n_items] training pairs per item (negatives, log-q).
-        validation: rank 0's validation users (None elsewhere, and for a refit:
-            then no early stopping and the last epoch's weights are kept).
+        validation: the validation users, on every rank (each scores its share);
+            None for a refit: then no early stopping and the last epoch's weights are kept.
         checkpoint_dir: where rank 0 writes a checkpoint after every epoch and
             where a rerun with the same ``run_key`` resumes from.
         steps_per_epoch_hint: expected steps per epoch, for ``ctx.total_steps``
@@ -366,9 +367,16 @@ def train(
         # Validation and the early-stopping decision on rank 0, then shared.
         metric, improved = math.nan, True
         validation_started = time.perf_counter()
+        if validation is not None:
+            # Every process scores its share of the validation users; the sums add up.
+            part = torch.tensor([model_metric_total(model, validation, metric=settings.metric, device=device,
+                                                    part=rank, parts=world,
+                                                    batch_users=settings.eval_batch_users)],
+                                dtype=torch.float64, device=comm)
+            if world > 1:
+                dist.all_reduce(part, op=dist.ReduceOp.SUM)
+            metric = float(part[0]) / len(validation.users)
         if rank == 0 and validation is not None:
-            metric = evaluate_model(model, validation, metric=settings.metric, device=device,
-                                    batch_users=settings.eval_batch_users)
             improved = metric > best_metric
         if rank == 0:
             if improved:

@@ -36,7 +36,8 @@ def main(argv=None) -> dict:
     train = split.training_rows(split_rows, final=False).cache()
 
     def validation_score(params):
-        model = als.fit(train, params, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed)
+        model = als.fit(train, params, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed,
+                      num_blocks=cfg.als.num_blocks)
         recs, _, _ = score_model(spark, model, split_rows, model_eval.SELECTION_FOLD, n_items, cfg)
         metrics = model_eval.fold_metrics(split_rows, recs, model_eval.SELECTION_FOLD, n_items, cfg)
         print(f"als {params.as_dict()} validation {primary}={metrics[primary]:.4f}", flush=True)
@@ -57,7 +58,8 @@ def main(argv=None) -> dict:
 
     started = time.time()
     final_train = split.training_rows(split_rows, final=True)
-    model = als.fit(final_train, best, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed)
+    model = als.fit(final_train, best, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed,
+                      num_blocks=cfg.als.num_blocks)
     recs, user_factors, item_factors = score_model(spark, model, split_rows, model_eval.FINAL_FOLD, n_items, cfg)
     artifacts.save_factors(wh, MODEL, user_factors=user_factors, item_factors=item_factors)
     model_eval.write_eval_recs(recs, wh, MODEL, model_eval.FINAL_FOLD)

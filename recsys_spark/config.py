@@ -218,6 +218,10 @@ class AlsConf:
     parallelism: int = 2
     implicit_prefs: bool = True
     seed: int = 42
+    # ALS's user and item blocks (each block a task per iteration); null: the
+    # cluster's task slots (Spark's own default, 10, is a dozen tiny tasks a
+    # step on a 2-core machine, and too few on a big cluster).
+    num_blocks: int | None = None
 
 
 @dataclass

@@ -38,9 +38,17 @@ def grid(conf: AlsConf) -> list[AlsParams]:
     ]
 
 
-def fit(train: DataFrame, params: AlsParams, *, implicit_prefs: bool = True, seed: int = 42) -> ALSModel:
-    """Fit ALS on ``train`` (``user_index``, ``item_index``, ``weight``)."""
+def fit(train: DataFrame, params: AlsParams, *, implicit_prefs: bool = True, seed: int = 42,
+        num_blocks: int | None = None) -> ALSModel:
+    """Fit ALS on ``train`` (``user_index``, ``item_index``, ``weight``).
+
+    Args:
+        num_blocks: user and item blocks; None: the session's default parallelism (its task slots).
+    """
+    blocks = num_blocks or max(1, train.sparkSession.sparkContext.defaultParallelism)
     als = ALS(
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
         rank=params.rank,
         maxIter=params.max_iter,
         regParam=params.reg_param,

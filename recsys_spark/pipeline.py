@@ -12,8 +12,9 @@ runs the stages in order, each one a job's ``main(argv)``:
   own JVM, for a night where a stage that kills its process (a native crash)
   must not take the others with it. Slower by a JVM and application start per stage.
 
-Either way the plan, the rules (which stage is required, which models
-evaluate and recommend may use) and the outcome are the ones below.
+Either way (:func:`in_driver_runner`, :func:`isolated_runner`) the plan, the
+rules (which stage is required, which models evaluate and recommend may use)
+and the outcome are the ones below.
 
 Exit status (docs/operations.md, "Exit codes"):
 
@@ -24,15 +25,23 @@ Exit status (docs/operations.md, "Exit codes"):
 """
 from __future__ import annotations
 
+import functools
+import gc
+import importlib.util
 import json
 import os
 import re
+import subprocess
 import sys
 import time
+import traceback
+from contextlib import redirect_stderr, redirect_stdout
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TextIO
+
+from recsys_spark.session import exit_code_of
 
 EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
 
@@ -207,3 +216,74 @@ def reason_from_exception(exc: BaseException) -> str:
     java = [ln.strip(": ").strip() for ln in text.splitlines() if re.match(r"^:?\s*(java|org|scala)\.\S+:", ln)]
     line = java[0] if java else (text.strip().splitlines() or [""])[0]
     return f"{type(exc).__module__}.{type(exc).__name__}: {line}"[:500]
+
+
+# --------------------------------------------------------------------------- stage runners
+
+
+class _Capture:
+    """A stage's stdout or stderr: written to its log, stderr's text also kept for the failure reason."""
+
+    def __init__(self, log, keep: list[str] | None = None):
+        self.log, self.keep = log, keep
+
+    def write(self, text: str) -> int:
+        if self.keep is not None:
+            self.keep.append(text)
+        return self.log.write(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+
+
+def in_driver_runner(jobs_dir: Path) -> StageRunner:
+    """Each stage as its job's ``main(argv)`` in this process (``jobs_dir/<job>.py``); a raised
+    error is the stage's failure, not the run's."""
+    return functools.partial(_run_in_driver, Path(jobs_dir))
+
+
+def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> tuple[int, str | None]:
+    spec = importlib.util.spec_from_file_location(f"recsys_job_{stage.job}", jobs_dir / f"{stage.job}.py")
+    job = importlib.util.module_from_spec(spec)
+    stderr_text: list[str] = []
+    with open(log, "w", encoding="utf-8") as f, redirect_stdout(_Capture(f)), \
+            redirect_stderr(_Capture(f, stderr_text)):
+        try:
+            spec.loader.exec_module(job)
+            job.main(argv)
+            code, reason = 0, None
+        except KeyboardInterrupt:
+            raise
+        except SystemExit as exc:
+            code = exit_code_of(exc)
+            reason = reason_from_log("".join(stderr_text))
+        except BaseException as exc:  # noqa: BLE001 - one stage's error is recorded; the run goes on
+            traceback.print_exc()
+            code, reason = 1, reason_from_exception(exc)
+        finally:
+            _between_stages()
+    return code, reason
+
+
+def _between_stages() -> None:
+    """What one stage cached or broadcast is not the next one's: a stage that failed half-way
+    does not leave its cached tables holding executor memory for the rest of the night."""
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    if spark is not None:
+        spark.catalog.clearCache()
+    gc.collect()
+
+
+def isolated_runner(jobs_dir: Path, *, submit: Path, cwd: Path) -> StageRunner:
+    """Each stage as its own ``submit`` of ``jobs_dir/<job>.py`` (its own JVM and Spark application)."""
+    return functools.partial(_run_isolated, Path(jobs_dir), Path(submit), Path(cwd))
+
+
+def _run_isolated(jobs_dir: Path, submit: Path, cwd: Path, stage: Stage, argv: list[str], log: Path
+                  ) -> tuple[int, str | None]:
+    with open(log, "w", encoding="utf-8") as f:
+        code = subprocess.call([str(submit), str(jobs_dir / f"{stage.job}.py"), *argv],
+                               cwd=cwd, stdout=f, stderr=subprocess.STDOUT)
+    return code, (None if code == 0 else reason_from_log(log.read_text(encoding="utf-8", errors="replace")))

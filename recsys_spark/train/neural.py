@@ -277,14 +277,15 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
     check_training_memory(cls, with_feature_tensors(build_kwargs, features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"))
-    started = time.time()
-    materialised_data = []
+    materialised_data, materialise_seconds = [], []
     try:
         for p in phases:
+            started = time.time()
             materialised_data.append(data.materialise(
                 spark, p.examples, cache_dir=nc.cache_dir, shard_count=nc.num_processes,
                 history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=p.validation,
             ))
+            materialise_seconds.append(time.time() - started)
         materialised = time.time()
         first = phases[0]
         refit = None
@@ -311,10 +312,10 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
     in_epochs = sum(h["seconds"] + h.get("validation_seconds", 0.0) for r in results for h in r["history"])
     launch = ended - materialised - in_epochs
     fitted = []
-    for i, (p, r, d) in enumerate(zip(phases, results, materialised_data)):
+    for i, (r, d) in enumerate(zip(results, materialised_data)):
         train_s = sum(h["seconds"] for h in r["history"])
         validation_s = sum(h.get("validation_seconds", 0.0) for h in r["history"])
-        phase_times = {"materialise_seconds": round((materialised - started) / len(phases), 1),
+        phase_times = {"materialise_seconds": round(materialise_seconds[i], 1),
                        "train_seconds": round(train_s, 1), "validation_seconds": round(validation_s, 1),
                        "launch_and_setup_seconds": round(launch, 1) if i == 0 else 0.0}
         fitted.append(FittedModel(

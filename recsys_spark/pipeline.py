@@ -109,8 +109,7 @@ class StageResult:
     started_at: int
     ended_at: int
     log: str
-    reason: str | None = None
-    exit_code: int = 0
+    reason: str | None = None  # "exit N: why" for a failure
 
 
 @dataclass
@@ -124,8 +123,7 @@ class RunStatus:
 
     def to_json(self) -> str:
         return json.dumps({"outcome": self.outcome, "exit_code": self.exit_code, "mode": self.mode,
-                           "stages": [{k: v for k, v in asdict(s).items() if k != "exit_code"}
-                                      for s in self.stages]}, indent=2)
+                           "stages": [asdict(s) for s in self.stages]}, indent=2)
 
 
 # A stage runner: (stage, full argv for its job, log path) -> (exit code, failure reason or None).
@@ -170,7 +168,7 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
         ended = time.time()
         seconds = int(round(ended - started))
         result = StageResult(stage.name, "ok" if code == 0 else "failed", seconds, int(started), int(ended),
-                             str(log), None if code == 0 else f"exit {code}: {reason or 'see the log'}", code)
+                             str(log), None if code == 0 else f"exit {code}: {reason or 'see the log'}")
         status.stages.append(result)
         _write(log_dir, status)
         if code == 0:

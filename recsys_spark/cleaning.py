@@ -43,6 +43,20 @@ from recsys_spark import io, sources
 from recsys_spark.config import CleanConf, Config
 from recsys_spark.schemas import (
     EVENT_DATE,
+    FILE_REASON_CODES,
+    REASON_BOT,
+    REASON_CODES,
+    REASON_FUTURE,
+    REASON_ID_TOO_LONG,
+    REASON_ID_TYPE,
+    REASON_INVALID_TS,
+    REASON_INVALID_VALUE,
+    REASON_MALFORMED,
+    REASON_MISSING_ITEM,
+    REASON_MISSING_USER,
+    REASON_TOO_LONG,
+    REASON_TOO_OLD,
+    REASON_UNKNOWN_TYPE,
     EVENT_ID,
     EVENT_TIME,
     EVENT_TYPE,
@@ -56,36 +70,6 @@ from recsys_spark.schemas import (
     VALUE,
 )
 
-REASON_TOO_LONG = "record_too_long"
-REASON_MALFORMED = "malformed_record"
-REASON_MISSING_USER = "missing_user_id"
-REASON_MISSING_ITEM = "missing_item_id"
-REASON_ID_TYPE = "invalid_id_type"
-REASON_ID_TOO_LONG = "id_too_long"
-REASON_UNKNOWN_TYPE = "unknown_event_type"
-REASON_INVALID_TS = "invalid_timestamp"
-REASON_TOO_OLD = "timestamp_too_old"
-REASON_FUTURE = "timestamp_in_future"
-REASON_INVALID_VALUE = "invalid_value"
-REASON_BOT = "bot_user"
-# In check order: a row gets the first reason that applies.
-REASON_CODES = (
-    REASON_TOO_LONG,
-    REASON_MALFORMED,
-    REASON_MISSING_USER,
-    REASON_MISSING_ITEM,
-    REASON_ID_TYPE,
-    REASON_ID_TOO_LONG,
-    REASON_UNKNOWN_TYPE,
-    REASON_INVALID_TS,
-    REASON_TOO_OLD,
-    REASON_FUTURE,
-    REASON_INVALID_VALUE,
-    REASON_BOT,
-)
-# Whole files left out of the read (the quarantined_files table): decided by
-# sources.probe_files, which cleaning imports (not the other way round).
-FILE_REASON_CODES = sources.FILE_REASON_CODES
 # Every id column: checked for type and length.
 ID_COLUMNS = (USER_ID, ITEM_ID, EVENT_ID, SESSION_ID)
 

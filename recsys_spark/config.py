@@ -17,10 +17,11 @@ from typing import Any
 
 import yaml
 
+from recsys_spark.schemas import EVENT_TYPES
+
 # RECSYS_CONF_DIR: where conf/ is when the package is imported from elsewhere,
 # e.g. the zip that scripts/submit.sh ships with --py-files (set by submit.sh).
 CONF_DIR = Path(os.environ.get("RECSYS_CONF_DIR") or Path(__file__).resolve().parents[1] / "conf")
-CANONICAL_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 
 
 def _parse_size(text) -> int:
@@ -144,7 +145,7 @@ class BotRule:
 
 @dataclass
 class CleanConf:
-    event_types: list[str] = field(default_factory=lambda: list(CANONICAL_EVENT_TYPES))
+    event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
     min_timestamp: str = "1995-01-01T00:00:00"
     # Events more than this far past the run's reference time are quarantined.
     max_future_hours: int = 24

@@ -38,6 +38,46 @@ VALUE = "value"
 SESSION_ID = "session_id"
 SOURCE_FILE = "source_file"
 
+# The event types the pipeline knows (clean.event_types defaults to these;
+# the users table counts each; the synthetic generator emits them).
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
+
+# Quarantine reason codes (the quarantine table's ``reason``), in check order:
+# a row gets the first one that applies (recsys_spark.ingest.cleaning).
+REASON_TOO_LONG = "record_too_long"
+REASON_MALFORMED = "malformed_record"
+REASON_MISSING_USER = "missing_user_id"
+REASON_MISSING_ITEM = "missing_item_id"
+REASON_ID_TYPE = "invalid_id_type"
+REASON_ID_TOO_LONG = "id_too_long"
+REASON_UNKNOWN_TYPE = "unknown_event_type"
+REASON_INVALID_TS = "invalid_timestamp"
+REASON_TOO_OLD = "timestamp_too_old"
+REASON_FUTURE = "timestamp_in_future"
+REASON_INVALID_VALUE = "invalid_value"
+REASON_BOT = "bot_user"
+REASON_CODES = (
+    REASON_TOO_LONG,
+    REASON_MALFORMED,
+    REASON_MISSING_USER,
+    REASON_MISSING_ITEM,
+    REASON_ID_TYPE,
+    REASON_ID_TOO_LONG,
+    REASON_UNKNOWN_TYPE,
+    REASON_INVALID_TS,
+    REASON_TOO_OLD,
+    REASON_FUTURE,
+    REASON_INVALID_VALUE,
+    REASON_BOT,
+)
+# Whole files left out of the read (the quarantined_files table's ``reason``):
+# the bytes are there but cannot be decoded (truncated or corrupt compression,
+# not Parquet) ...
+FILE_CORRUPT = "corrupt_file"
+# ... or the file cannot be opened or listed (permission, broken link, link loop).
+FILE_UNREADABLE = "unreadable_file"
+FILE_REASON_CODES = (FILE_CORRUPT, FILE_UNREADABLE)
+
 USER_INDEX = "user_index"
 ITEM_INDEX = "item_index"
 WEIGHT = "weight"

@@ -39,7 +39,18 @@ from pyspark.sql.types import StringType, StructField, StructType
 
 from recsys_spark import io
 from recsys_spark.config import SourceConf
-from recsys_spark.schemas import EVENT_ID, EVENT_TYPE, ITEM_ID, SESSION_ID, SOURCE_FILE, USER_ID, VALUE
+from recsys_spark.schemas import (
+    EVENT_ID,
+    EVENT_TYPE,
+    FILE_CORRUPT,
+    FILE_REASON_CODES,
+    FILE_UNREADABLE,
+    ITEM_ID,
+    SESSION_ID,
+    SOURCE_FILE,
+    USER_ID,
+    VALUE,
+)
 
 TIMESTAMP = "timestamp"  # the raw time text; the cleaner turns it into event_time
 FIELDS = (EVENT_ID, USER_ID, ITEM_ID, EVENT_TYPE, TIMESTAMP, VALUE, SESSION_ID)
@@ -52,12 +63,6 @@ JSON_SAMPLE_LINES = 1000
 _CORRUPT = "_corrupt_record"  # Spark-side name, chosen not to clash with a source column
 _LINE, _VALID_UTF8, _JSON, _PARSED = "_line", "_valid_utf8", "_json", "_parsed"
 
-# File-level reasons (the quarantined_files table): the bytes are there but
-# cannot be decoded (truncated or corrupt compression, not Parquet) ...
-FILE_CORRUPT = "corrupt_file"
-# ... or the file cannot be opened or listed (permission, broken link, link loop).
-FILE_UNREADABLE = "unreadable_file"
-FILE_REASON_CODES = (FILE_CORRUPT, FILE_UNREADABLE)
 # Probing is I/O bound (a decompressing read, a footer fetch): overlap it.
 PROBE_THREADS = 8
 # Glob characters Spark would expand in a path it is given; escaped so that a

@@ -44,7 +44,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_spark import io
-from recsys_spark.cleaning import (
+from recsys_spark.schemas import (
+    EVENT_TYPES,
     REASON_BOT,
     REASON_FUTURE,
     REASON_INVALID_TS,
@@ -63,7 +64,6 @@ MANIFEST_NAME = "_manifest.json"  # leading underscore: Spark's readers skip it
 
 EVENTS_PER_BLOCK = 50_000  # one mapInPandas unit: ~10 MB of lines, seconds of NumPy
 MIN_BLOCKS = 4  # even tiny configs run several blocks, so block seeding is exercised
-EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 # A funnel: most events are views, each later step rarer; ratings on the side.
 EVENT_TYPE_PROBS = (0.62, 0.20, 0.08, 0.03, 0.07)
 # Rating value (1..5) distributions inside and outside the user's taste clusters.

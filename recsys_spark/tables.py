@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.config import CANONICAL_EVENT_TYPES
 from recsys_spark.schemas import (
     EVENT_TIME,
     EVENT_TYPE,
+    EVENT_TYPES,
     ITEM_ID,
     ITEM_INDEX,
     USER_ID,
@@ -140,7 +140,7 @@ def build_users(events: DataFrame, user_index: DataFrame) -> DataFrame:
     """The ``users`` table: first/last seen, distinct items and counts by event type."""
     counts = [
         F.sum(F.when(F.col(EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}")
-        for t in CANONICAL_EVENT_TYPES
+        for t in EVENT_TYPES
     ]
     return (
         events.groupBy(USER_ID)

@@ -24,14 +24,14 @@ from pyspark.sql import functions as F
 
 from tests.conftest import load_job as job
 from recsys_spark import cleaning as C
-from recsys_spark import io, sources
+from recsys_spark import io, schemas, sources
 from recsys_spark.schemas import EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES
 
 pytestmark = pytest.mark.spark
 
 REFERENCE = "2026-03-02T00:00:00Z"
 CLEAN, DUP = "clean", "duplicate"
-CORRUPT, UNREADABLE = sources.FILE_CORRUPT, sources.FILE_UNREADABLE
+CORRUPT, UNREADABLE = schemas.FILE_CORRUPT, schemas.FILE_UNREADABLE
 MAX_RECORD_BYTES = 65_536  # conf/base.yaml's defaults, which these runs use
 MAX_ID_LENGTH = 256
 

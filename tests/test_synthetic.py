@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_SYNTHETIC as TINY
-from recsys_spark import synthetic
+from recsys_spark import schemas, synthetic
 from recsys_spark.config import load_config
 
 pytestmark = pytest.mark.spark
@@ -60,7 +60,7 @@ def clean_events(generated):
     seen, rows = set(), []
     for r in parsed:
         if (
-            r.get("uid") and r.get("iid") and r.get("type") in synthetic.EVENT_TYPES and r["uid"] not in bots
+            r.get("uid") and r.get("iid") and r.get("type") in schemas.EVENT_TYPES and r["uid"] not in bots
             and str(r.get("ts", "")).startswith("2026-") and ISO_MS_Z.match(r["ts"]) and r.get("val") != "five"
             and r["eid"] not in seen
         ):

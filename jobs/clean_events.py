@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from recsys_spark import cleaning, sources
+from recsys_spark.ingest import cleaning, sources
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.session import build_spark
 

@@ -7,7 +7,7 @@ manifest (`_manifest.json` there: dirty rows per kind, bots, expected counts).
 """
 from __future__ import annotations
 
-from recsys_spark import synthetic
+from recsys_spark.ingest import synthetic
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.session import build_spark
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from recsys_spark import recommend
+from recsys_spark.serve import errors, recommend
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.config import ConfigError, run_date
 from recsys_spark.session import build_spark
@@ -44,13 +44,13 @@ def main(argv=None) -> dict:
     try:
         names = [m.strip() for m in args.models.split(",") if m.strip()] if args.models else None
         manifest = recommend.run(spark, cfg, run_date=day, force=args.force, model_names=names)
-    except recommend.QualityGateRefused as exc:
+    except errors.QualityGateRefused as exc:
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_REFUSED) from None
-    except recommend.ValidationFailed as exc:
+    except errors.ValidationFailed as exc:
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(EXIT_INVALID) from None
-    except recommend.RecommendError as exc:  # no such model, none to choose from: a setting to fix
+    except errors.RecommendError as exc:  # no such model, none to choose from: a setting to fix
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from recsys_spark import io, model_eval, split
+from recsys_spark import io, split
+from recsys_spark.evaluate import folds
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.models import als, artifacts
 from recsys_spark.schemas import SPLIT
@@ -22,8 +23,8 @@ def score_model(spark, model, split_rows, fold, n_items, cfg):
     """Top-K for the fold's warm users from a fitted ALSModel."""
     user_factors, item_factors = als.factor_tables(model)
     scorer = artifacts.dot_product_scorer(spark, item_factors, n_items)
-    users = artifacts.users_with_factors(model_eval.fold_users(split_rows, fold), user_factors)
-    return model_eval.score_fold(users, scorer, cfg), user_factors, item_factors
+    users = artifacts.users_with_factors(folds.fold_users(split_rows, fold), user_factors)
+    return folds.score_fold(users, scorer, cfg), user_factors, item_factors
 
 
 def main(argv=None) -> dict:
@@ -31,15 +32,15 @@ def main(argv=None) -> dict:
     spark = build_spark(cfg, "train_als")
     wh, primary = cfg.warehouse, cfg.evaluation.primary_metric
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    n_users, n_items = model_eval.catalog_sizes(spark, wh)
+    n_users, n_items = folds.catalog_sizes(spark, wh)
     # Cached: every candidate fits on the same rows.
     train = split.training_rows(split_rows, final=False).cache()
 
     def validation_score(params):
         model = als.fit(train, params, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed,
                       num_blocks=cfg.als.num_blocks)
-        recs, _, _ = score_model(spark, model, split_rows, model_eval.SELECTION_FOLD, n_items, cfg)
-        metrics = model_eval.fold_metrics(split_rows, recs, model_eval.SELECTION_FOLD, n_items, cfg)
+        recs, _, _ = score_model(spark, model, split_rows, folds.SELECTION_FOLD, n_items, cfg)
+        metrics = folds.fold_metrics(split_rows, recs, folds.SELECTION_FOLD, n_items, cfg)
         print(f"als {params.as_dict()} validation {primary}={metrics[primary]:.4f}", flush=True)
         return metrics
 
@@ -60,9 +61,9 @@ def main(argv=None) -> dict:
     final_train = split.training_rows(split_rows, final=True)
     model = als.fit(final_train, best, implicit_prefs=cfg.als.implicit_prefs, seed=cfg.als.seed,
                       num_blocks=cfg.als.num_blocks)
-    recs, user_factors, item_factors = score_model(spark, model, split_rows, model_eval.FINAL_FOLD, n_items, cfg)
+    recs, user_factors, item_factors = score_model(spark, model, split_rows, folds.FINAL_FOLD, n_items, cfg)
     artifacts.save_factors(wh, MODEL, user_factors=user_factors, item_factors=item_factors)
-    model_eval.write_eval_recs(recs, wh, MODEL, model_eval.FINAL_FOLD)
+    folds.write_eval_recs(recs, wh, MODEL, folds.FINAL_FOLD)
     refit_seconds = time.time() - started
     artifacts.save_metadata(
         spark, wh, MODEL,

@@ -11,11 +11,12 @@ from __future__ import annotations
 import numpy as np
 from pyspark.sql import functions as F
 
-from recsys_spark import io, model_eval, split
+from recsys_spark import io, split
+from recsys_spark.evaluate import folds
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import ITEM_INDEX, SPLIT, USER_INDEX
-from recsys_spark.scoring import DotProductScorer, ItemItemScorer
+from recsys_spark.scoring.scorers import DotProductScorer, ItemItemScorer
 from recsys_spark.session import build_spark
 
 
@@ -43,17 +44,17 @@ def main(argv=None) -> dict:
     wh = cfg.warehouse
     # Cached: every baseline reads the split twice (fit and scoring users).
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    n_users, n_items = model_eval.catalog_sizes(spark, wh)
+    n_users, n_items = folds.catalog_sizes(spark, wh)
     report = {}
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
         results = {}
-        for fold in (model_eval.SELECTION_FOLD, model_eval.FINAL_FOLD):
-            train = split.training_rows(split_rows, final=fold == model_eval.FINAL_FOLD)
+        for fold in (folds.SELECTION_FOLD, folds.FINAL_FOLD):
+            train = split.training_rows(split_rows, final=fold == folds.FINAL_FOLD)
             scorer, matrix, kind = fit_scorer(spark, name, train, n_items, cfg)
-            users = with_unit_factors(model_eval.fold_users(split_rows, fold))
-            recs = model_eval.score_fold(users, scorer, cfg)
-            if fold == model_eval.FINAL_FOLD:
-                model_eval.write_eval_recs(recs, wh, name, fold)
+            users = with_unit_factors(folds.fold_users(split_rows, fold))
+            recs = folds.score_fold(users, scorer, cfg)
+            if fold == folds.FINAL_FOLD:
+                folds.write_eval_recs(recs, wh, name, fold)
                 if kind == artifacts.KIND_ITEM_ITEM:
                     artifacts.save_item_item(spark, wh, name, scorer.matrix.local_path)
                 else:
@@ -61,7 +62,7 @@ def main(argv=None) -> dict:
                     artifacts.save_factors(wh, name, user_factors=with_unit_factors(all_users),
                                            item_factors=artifacts.factors_frame(spark, matrix, ITEM_INDEX))
             else:
-                results = model_eval.fold_metrics(split_rows, recs, fold, n_items, cfg)
+                results = folds.fold_metrics(split_rows, recs, fold, n_items, cfg)
             if kind == artifacts.KIND_ITEM_ITEM:  # the fold is scored (and B saved): its file is done
                 scorer.matrix.release()
         params = {"l2": cfg.ease.l2} if name == "ease" else (

@@ -10,7 +10,8 @@ top-K to <warehouse>/eval_recs/<name>/test for jobs/evaluate.py.
 """
 from __future__ import annotations
 
-from recsys_spark import io, model_eval
+from recsys_spark import io
+from recsys_spark.evaluate import folds
 from recsys_spark.cli import parse_job_args, print_report
 from recsys_spark.models import registry
 from recsys_spark.schemas import SPLIT
@@ -27,7 +28,7 @@ def main(argv=None) -> dict:
     spark = build_spark(cfg, f"train_neural_{name}")
     # Cached: both phases and both scorings read it.
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    n_users, n_items = model_eval.catalog_sizes(spark, wh)
+    n_users, n_items = folds.catalog_sizes(spark, wh)
     features = neural.item_features(spark, wh, n_items)
     sizes = dict(n_users=n_users, n_items=n_items, features=features)
 
@@ -35,12 +36,12 @@ def main(argv=None) -> dict:
         selected, final = neural.fit_and_refit(spark, cfg, split_rows, name, **sizes)
     else:
         selected = final = neural.fit(spark, cfg, split_rows, name, final=False, **sizes)
-    val_recs = neural.score_fold(spark, cfg, split_rows, selected, model_eval.SELECTION_FOLD)["recs"]
-    validation = model_eval.fold_metrics(split_rows, val_recs, model_eval.SELECTION_FOLD, n_items, cfg)
+    val_recs = neural.score_fold(spark, cfg, split_rows, selected, folds.SELECTION_FOLD)["recs"]
+    validation = folds.fold_metrics(split_rows, val_recs, folds.SELECTION_FOLD, n_items, cfg)
     best_epochs = selected.best_epoch + 1
 
-    scored = neural.score_fold(spark, cfg, split_rows, final, model_eval.FINAL_FOLD)
-    model_eval.write_eval_recs(scored["recs"], wh, name, model_eval.FINAL_FOLD)
+    scored = neural.score_fold(spark, cfg, split_rows, final, folds.FINAL_FOLD)
+    folds.write_eval_recs(scored["recs"], wh, name, folds.FINAL_FOLD)
     neural.save(spark, cfg, final, scored, n_users=n_users, n_items=n_items,
                 metrics={"validation": validation},
                 extra={"best_epoch": best_epochs, "refit": cfg.neural.refit,

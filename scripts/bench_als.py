@@ -65,11 +65,12 @@ def main() -> None:
 
     import numpy as np
 
-    from recsys_spark import io, model_eval, split
+    from recsys_spark import io, split
+    from recsys_spark.evaluate import folds
     from recsys_spark.config import load_config
     from recsys_spark.models import artifacts
     from recsys_spark.schemas import ITEM_INDEX, SPLIT, USER_INDEX
-    from recsys_spark.scoring import DotProductScorer
+    from recsys_spark.scoring.scorers import DotProductScorer
     from recsys_spark.session import build_spark
 
     wh = args.warehouse or f"/tmp/recsys-bench-als-{args.dataset}"
@@ -91,7 +92,7 @@ def main() -> None:
         timings[stage] = time.perf_counter() - started
 
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    n_users, n_items = model_eval.catalog_sizes(spark, wh)
+    n_users, n_items = folds.catalog_sizes(spark, wh)
     als_meta = artifacts.load_metadata(spark, wh, "als")
     best = als_meta["params"]
     primary = cfg.evaluation.primary_metric
@@ -100,12 +101,12 @@ def main() -> None:
         model, seconds = implicit_fit(train_pdf, n_users, n_items, seed=cfg.als.seed, **params)
         user_f = np.asarray(model.user_factors, dtype=np.float32)
         item_f = np.asarray(model.item_factors, dtype=np.float32)
-        users = model_eval.fold_users(split_rows, fold)
+        users = folds.fold_users(split_rows, fold)
         factors = spark.createDataFrame(
             [(i, user_f[i].tolist()) for i in range(n_users)], f"{USER_INDEX} int, factors array<float>")
         scorer = DotProductScorer(spark, item_f, np.ones(n_items, dtype=bool))
-        recs = model_eval.score_fold(users.join(factors, USER_INDEX), scorer, cfg)
-        return model_eval.fold_metrics(split_rows, recs, fold, n_items, cfg), seconds
+        recs = folds.score_fold(users.join(factors, USER_INDEX), scorer, cfg)
+        return folds.fold_metrics(split_rows, recs, fold, n_items, cfg), seconds
 
     # implicit: the same grid over its own regularisation scale, chosen on validation.
     train_pdf = split.training_rows(split_rows, final=False).select(USER_INDEX, ITEM_INDEX, "weight").toPandas()
@@ -115,12 +116,12 @@ def main() -> None:
     ]
     search = []
     for params in grid:
-        metrics, _ = implicit_scores(train_pdf, model_eval.SELECTION_FOLD, params)
+        metrics, _ = implicit_scores(train_pdf, folds.SELECTION_FOLD, params)
         search.append((metrics[primary], params))
         print(f"implicit {params} validation {primary}={metrics[primary]:.4f}", flush=True)
     implicit_best = max(search, key=lambda s: s[0])[1]
     final_pdf = split.training_rows(split_rows, final=True).select(USER_INDEX, ITEM_INDEX, "weight").toPandas()
-    implicit_test, implicit_seconds = implicit_scores(final_pdf, model_eval.FINAL_FOLD, implicit_best)
+    implicit_test, implicit_seconds = implicit_scores(final_pdf, folds.FINAL_FOLD, implicit_best)
 
     # Spark ALS refit timed again here, side by side with implicit's refit.
     from recsys_spark.models import als
@@ -134,8 +135,8 @@ def main() -> None:
 
     test = {}
     for model in ("popularity", "popularity_recent", "ease", "als"):
-        recs = model_eval.read_eval_recs(spark, wh, model, model_eval.FINAL_FOLD)
-        test[model] = model_eval.fold_metrics(split_rows, recs, model_eval.FINAL_FOLD, n_items, cfg)
+        recs = folds.read_eval_recs(spark, wh, model, folds.FINAL_FOLD)
+        test[model] = folds.fold_metrics(split_rows, recs, folds.FINAL_FOLD, n_items, cfg)
     test["implicit_als"] = implicit_test
 
     rows = [(name, m["ndcg_at_10"], m["recall_at_20"], m["map_at_10"], m["coverage_at_10"]) for name, m in test.items()]

@@ -124,7 +124,8 @@ def main() -> None:
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    from recsys_spark.scoring import DotProductScorer, top_k
+    from recsys_spark.scoring.scorers import DotProductScorer
+    from recsys_spark.scoring.blocked import top_k
 
     spark = build_session(args)
     spark.sparkContext.setLogLevel("WARN")

@@ -94,7 +94,7 @@ def run_setting(setting: dict, cfg, split_rows, *, n_users: int, n_items: int, f
 
     import torch
 
-    from recsys_spark import model_eval
+    from recsys_spark.evaluate import folds
     from recsys_spark.models import registry
     from recsys_spark.train import local_metrics, loop, neural
 
@@ -114,7 +114,7 @@ def run_setting(setting: dict, cfg, split_rows, *, n_users: int, n_items: int, f
     for final in (False, True):
         tensors, counts = fold_examples(split_rows, cls, final=final, n_items=n_items,
                                         history_length=nc.history_length)
-        validation = None if final else held_out_set(split_rows, model_eval.SELECTION_FOLD, final=False,
+        validation = None if final else held_out_set(split_rows, folds.SELECTION_FOLD, final=False,
                                                      n_items=n_items, history_length=nc.history_length)
         settings = loop.TrainSettings(
             epochs=out["best_epoch"] + 1 if final else nc.epochs, patience=nc.patience,
@@ -133,7 +133,7 @@ def run_setting(setting: dict, cfg, split_rows, *, n_users: int, n_items: int, f
             out.update(best_epoch=result["best_epoch"], validation=result["best_metric"])
         else:
             model.load_state_dict(loop.state_dict_from_bytes(result["state_dict"]))
-            test = held_out_set(split_rows, model_eval.FINAL_FOLD, final=True, n_items=n_items,
+            test = held_out_set(split_rows, folds.FINAL_FOLD, final=True, n_items=n_items,
                                 history_length=nc.history_length)
             out["test"] = local_metrics.evaluate_model(model, test, metric=metric, device="cpu")
     return {"setting": setting, "metric": metric, "best_epoch": out["best_epoch"] + 1,
@@ -150,7 +150,8 @@ def main() -> None:
     args = parser.parse_args()
     settings = [json.loads(s) for s in args.settings]
 
-    from recsys_spark import io, model_eval
+    from recsys_spark import io
+    from recsys_spark.evaluate import folds
     from recsys_spark.config import load_config
     from recsys_spark.schemas import SPLIT
     from recsys_spark.session import build_spark
@@ -159,7 +160,7 @@ def main() -> None:
     cfg = load_config(args.conf, dataset=args.dataset, overrides=["spark.extra={spark.ui.enabled: 'false'}"])
     spark = build_spark(cfg, "sweep_neural")
     split_rows = io.read_table(spark, args.warehouse, SPLIT).cache()
-    n_users, n_items = model_eval.catalog_sizes(spark, args.warehouse)
+    n_users, n_items = folds.catalog_sizes(spark, args.warehouse)
     features = neural.item_features(spark, args.warehouse, n_items)
 
     results = []

@@ -12,8 +12,9 @@ from pyspark.sql import functions as F
 from tests.conftest import TINY_SYNTHETIC as TINY
 from tests.conftest import load_job as job
 from tests.conftest import synthetic_job_argv
-from recsys_spark import cleaning as C
-from recsys_spark import io, sources
+from recsys_spark.ingest import cleaning as C
+from recsys_spark import io
+from recsys_spark.ingest import sources
 from recsys_spark.config import load_config
 from recsys_spark.schemas import EVENTS_CLEAN, QUARANTINE
 

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from recsys_spark import evaluate
+from recsys_spark.evaluate import ranking
 from tests.metrics_reference import reference_metrics
 
 pytestmark = pytest.mark.spark
@@ -26,7 +26,7 @@ HAND_RELEVANT = {1: {20, 40, 50}, 2: {10}, 3: {30}}  # user 3 got no recommendat
 
 
 def test_hand_example(spark):
-    m = evaluate.ranking_metrics(
+    m = ranking.ranking_metrics(
         recs_df(spark, HAND_RECS), relevant_df(spark, HAND_RELEVANT), ks=[2, 4], n_items=60
     )
     l2 = math.log2
@@ -50,7 +50,7 @@ def test_hand_example(spark):
 def test_popularity_percentile(spark):
     pop = spark.createDataFrame([(i, i) for i in range(5)], "item_index int, popularity long")
     recs = recs_df(spark, {1: [4, 0]})
-    m = evaluate.ranking_metrics(recs, relevant_df(spark, {1: {4}}), ks=[1, 2], n_items=5, item_popularity=pop)
+    m = ranking.ranking_metrics(recs, relevant_df(spark, {1: {4}}), ks=[1, 2], n_items=5, item_popularity=pop)
     assert m["popularity_percentile_at_1"] == pytest.approx(1.0)  # the most popular item
     assert m["popularity_percentile_at_2"] == pytest.approx(0.5)  # (1.0 + 0.0) / 2
 
@@ -58,7 +58,7 @@ def test_popularity_percentile(spark):
 def test_missing_column_is_named(spark):
     bad = spark.createDataFrame([(1, 2)], "user_index int, item int")
     with pytest.raises(ValueError, match="item_index"):
-        evaluate.ranking_metrics(bad, relevant_df(spark, {1: {2}}), ks=[1], n_items=3)
+        ranking.ranking_metrics(bad, relevant_df(spark, {1: {2}}), ks=[1], n_items=3)
 
 
 def test_parity_with_numpy_on_random_rankings(spark):
@@ -66,7 +66,7 @@ def test_parity_with_numpy_on_random_rankings(spark):
     n_items = 200
     recs = {u: list(rng.choice(n_items, size=30, replace=False)) for u in range(150)}
     relevant = {u: set(rng.choice(n_items, size=rng.integers(1, 25), replace=False)) for u in range(160)}
-    got = evaluate.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=[5, 10, 30], n_items=n_items)
+    got = ranking.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=[5, 10, 30], n_items=n_items)
     want = reference_metrics(recs, relevant, [5, 10, 30], n_items)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, abs=1e-9), key
@@ -84,7 +84,7 @@ def test_the_one_pass_metrics_equal_sparks_ranking_evaluator(spark):
     recs = {u: r for u, r in recs.items() if r}
     relevant = {u: set(rng.choice(n_items, size=int(rng.integers(1, 40)), replace=False)) for u in range(220)}
     ks = [1, 5, 20]
-    got = evaluate.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=ks, n_items=n_items)
+    got = ranking.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=ks, n_items=n_items)
     table = spark.createDataFrame(
         [([float(i) for i in recs.get(u, [])], [float(i) for i in sorted(rel)]) for u, rel in relevant.items()],
         "prediction array<double>, label array<double>")
@@ -98,7 +98,7 @@ def test_the_one_pass_metrics_equal_sparks_ranking_evaluator(spark):
 
 def test_rating_errors(spark):
     df = spark.createDataFrame([(4.0, 3.0), (2.0, 2.5), (5.0, float("nan"))], "rating double, prediction double")
-    m = evaluate.rating_errors(df)
+    m = ranking.rating_errors(df)
     assert m["rmse"] == pytest.approx(math.sqrt((1 + 0.25) / 2))
     assert m["mae"] == pytest.approx(0.75)
 
@@ -135,7 +135,7 @@ def test_parity_with_numpy_on_movielens(spark, ml100k_dir):
     assert len(relevant) == 943 and len(held) > 20_000
 
     ks = [10, 20, 50]
-    got = evaluate.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=ks, n_items=n_items)
+    got = ranking.ranking_metrics(recs_df(spark, recs), relevant_df(spark, relevant), ks=ks, n_items=n_items)
     want = reference_metrics(recs, relevant, ks, n_items)
     for key, value in want.items():
         assert got[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key

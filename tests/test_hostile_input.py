@@ -23,8 +23,8 @@ import pytest
 from pyspark.sql import functions as F
 
 from tests.conftest import load_job as job
-from recsys_spark import cleaning as C
-from recsys_spark import io, schemas, sources
+from recsys_spark.ingest import cleaning as C
+from recsys_spark import io, schemas
 from recsys_spark.schemas import EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES
 
 pytestmark = pytest.mark.spark

@@ -66,7 +66,7 @@ def test_training_check_counts_catalog_wide_layers_without_allocating_them():
 def test_broadcast_over_the_driver_heap_is_refused(spark):
     import numpy as np
 
-    from recsys_spark.scoring import DotProductScorer
+    from recsys_spark.scoring.scorers import DotProductScorer
 
     heap = memory.jvm_driver_heap_bytes(spark)
     assert heap > 256 * 2**20  # the session's 2g driver

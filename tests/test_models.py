@@ -20,7 +20,7 @@ import yaml
 
 from recsys_spark.models import registry
 from recsys_spark.models.base import TrainContext
-from recsys_spark.models.torch_scorer import TorchModelScorer, model_from_bytes, padded_histories, state_dict_bytes
+from recsys_spark.scoring.torch_model import TorchModelScorer, model_from_bytes, padded_histories, state_dict_bytes
 from tests.conftest import REPO
 
 
@@ -272,7 +272,7 @@ def test_dot_product_vectors_give_the_scores(name):
 @pytest.mark.spark
 @pytest.mark.parametrize("name", MODELS)
 def test_torch_scorer_matches_the_model(spark, name):
-    from recsys_spark import scoring
+    from recsys_spark.scoring.blocked import top_k
 
     model, _ = trained(name)
     length, k = 4, 5
@@ -284,7 +284,7 @@ def test_torch_scorer_matches_the_model(spark, name):
         history_length=length,
     )
     users = spark.createDataFrame(sorted(seen.items()), "user_index int, seen array<int>").repartition(2)
-    got = scoring.top_k(users, scorer, k=k, batch_users=4).toPandas()
+    got = top_k(users, scorer, k=k, batch_users=4).toPandas()
 
     history, history_len = pad([(s or [])[-length:] for _, s in sorted(seen.items())])
     with torch.no_grad():

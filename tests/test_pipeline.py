@@ -13,7 +13,8 @@ from pyspark.sql import functions as F
 
 from tests.conftest import load_job as job
 from tests.conftest import run_data_stages, synthetic_job_argv
-from recsys_spark import io, model_eval, split
+from recsys_spark import io, split
+from recsys_spark.evaluate import folds
 from recsys_spark.schemas import ITEM_FACTORS, SPLIT, USER_FACTORS
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -85,9 +86,9 @@ def test_als_search_picks_the_best_validation_candidate_and_refits(spark, pipeli
 def test_every_warm_test_user_is_scored_without_nan(spark, pipeline):
     wh = pipeline["wh"]
     split_rows = io.read_table(spark, wh, SPLIT)
-    warm_users = model_eval.fold_users(split_rows, model_eval.FINAL_FOLD).select("user_index").distinct()
+    warm_users = folds.fold_users(split_rows, folds.FINAL_FOLD).select("user_index").distinct()
     for model in ("als", "popularity", "ease"):
-        recs = model_eval.read_eval_recs(spark, wh, model, model_eval.FINAL_FOLD)
+        recs = folds.read_eval_recs(spark, wh, model, folds.FINAL_FOLD)
         assert warm_users.join(recs, "user_index", "left_anti").count() == 0, model
         assert recs.where(F.isnan("score") | F.col("score").isNull()).count() == 0, model
         per_user = recs.groupBy("user_index").count().agg(F.min("count"), F.max("count")).first()
@@ -96,7 +97,7 @@ def test_every_warm_test_user_is_scored_without_nan(spark, pipeline):
 
 def test_cold_start_rows_are_counted_and_evaluated_separately(spark, pipeline):
     wh = pipeline["wh"]
-    test = split.fold(io.read_table(spark, wh, SPLIT), model_eval.FINAL_FOLD)
+    test = split.fold(io.read_table(spark, wh, SPLIT), folds.FINAL_FOLD)
     want = {r["segment"]: r["count"] for r in test.groupBy("segment").count().collect()}
     # A two-month log with new users arriving throughout has cold users in its last 10%.
     assert want.get("cold_user", 0) > 0 and want.get("warm", 0) > 0

@@ -14,7 +14,9 @@ import pandas as pd
 import pytest
 
 from tests.conftest import load_job
-from recsys_spark import io, recommend
+from recsys_spark import io
+from recsys_spark.scoring import scorers
+from recsys_spark.serve import checks, errors, publish, recommend, rerank, select
 from recsys_spark.schemas import EVENTS_CLEAN, INTERACTIONS, ITEM_INDEX_TABLE, RECOMMENDATIONS, USER_INDEX_TABLE
 
 T0 = dt.datetime(2026, 1, 1)
@@ -29,31 +31,31 @@ MIN_HISTORY = 4
 def test_mmr_keeps_order_at_lambda_one_and_diversifies_below():
     # Candidates 0 and 1 are near-duplicates; 2 is different but scored lower.
     rel = np.array([[0.9, 0.85, 0.5, 0.1]])
-    vectors = recommend.normalise_rows(np.array([[1, 0], [0.99, 0.05], [0, 1], [0.7, 0.7]]))
-    sim = recommend.cosine_similarity(vectors)[None]
-    assert recommend.mmr_rerank(rel, sim, lam=1.0, n=3).tolist() == [[0, 1, 2]]
+    vectors = rerank.normalise_rows(np.array([[1, 0], [0.99, 0.05], [0, 1], [0.7, 0.7]]))
+    sim = rerank.cosine_similarity(vectors)[None]
+    assert rerank.mmr_rerank(rel, sim, lam=1.0, n=3).tolist() == [[0, 1, 2]]
     # lam 0.5, step 2: candidate 1 scores 0.5*0.94 - 0.5*0.9987 < 0, candidate 2 scores 0.5*0.5 - 0 > 0.
-    assert recommend.mmr_rerank(rel, sim, lam=0.5, n=3).tolist()[0][:2] == [0, 2]
+    assert rerank.mmr_rerank(rel, sim, lam=0.5, n=3).tolist()[0][:2] == [0, 2]
 
 
 def test_mmr_pads_short_rows_and_jaccard_similarity():
     genres = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)
-    jac = recommend.jaccard_similarity(genres)
+    jac = rerank.jaccard_similarity(genres)
     np.testing.assert_allclose(jac, [[1, 0.5, 0], [0.5, 1, 0], [0, 0, 0]])
     rel = np.array([[3.0, 2.0, np.nan], [1.0, 1.0, 1.0]])
-    order = recommend.mmr_rerank(rel, np.stack([jac, jac]), lam=0.7, n=3)
+    order = rerank.mmr_rerank(rel, np.stack([jac, jac]), lam=0.7, n=3)
     assert order[0].tolist() == [0, 1, -1]  # two candidates only
     assert sorted(order[1].tolist()) == [0, 1, 2]
 
 
 def test_explain_picks_most_similar_history_item_never_itself():
-    unit = recommend.normalise_rows(np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [0, 0]], dtype=np.float32))
+    unit = rerank.normalise_rows(np.array([[1, 0], [0, 1], [0.9, 0.1], [0.1, 0.9], [0, 0]], dtype=np.float32))
     # history [0, 1]: item 2 is closest to 0, item 3 to 1; item 0 (in history) is explained by 1, not itself.
-    assert recommend.explain(np.array([2, 3, 0]), np.array([0, 1]), unit).tolist() == [0, 1, 1]
+    assert rerank.explain(np.array([2, 3, 0]), np.array([0, 1]), unit).tolist() == [0, 1, 1]
     # item 4 has no vector: it explains nothing and is explained by nothing
-    assert recommend.explain(np.array([2, 4]), np.array([4, 1]), unit).tolist() == [1, -1]
-    assert recommend.explain(np.array([2]), np.array([], dtype=np.int64), unit).tolist() == [-1]
-    assert recommend.explain(np.array([0]), np.array([0]), unit).tolist() == [-1]
+    assert rerank.explain(np.array([2, 4]), np.array([4, 1]), unit).tolist() == [1, -1]
+    assert rerank.explain(np.array([2]), np.array([], dtype=np.int64), unit).tolist() == [-1]
+    assert rerank.explain(np.array([0]), np.array([0]), unit).tolist() == [-1]
 
 
 def test_explain_item_item_by_largest_positive_contribution():
@@ -62,28 +64,28 @@ def test_explain_item_item_by_largest_positive_contribution():
     history = np.array([0, 2])
     # item 1: 0 gives 0.2, 2 gives -0.4 -> 0; item 2: 0 gives 0.5 (2 is the item itself) -> 0;
     # item 3 has no column in B: unexplained.
-    assert recommend.explain(np.array([1, 2, 3]), history, item_item=b).tolist() == [0, 0, -1]
+    assert rerank.explain(np.array([1, 2, 3]), history, item_item=b).tolist() == [0, 0, -1]
     # Only negative or zero contributions: no explanation.
-    assert recommend.explain(np.array([1]), np.array([2, 3]), item_item=b).tolist() == [-1]
+    assert rerank.explain(np.array([1]), np.array([2, 3]), item_item=b).tolist() == [-1]
     # Item 2 from history [0, 1]: contributions 0.5 and 0.6 -> 1.
-    assert recommend.explain(np.array([2]), np.array([0, 1]), item_item=b).tolist() == [1]
+    assert rerank.explain(np.array([2]), np.array([0, 1]), item_item=b).tolist() == [1]
 
 
 def test_select_model_best_on_validation_or_named():
     metas = {"als": {"metrics": {"validation": {"ndcg_at_10": 0.3}}},
              "ease": {"metrics": {"validation": {"ndcg_at_10": 0.5}}},
              "neumf": {"metrics": {}}}
-    assert recommend.select_model(metas, "ndcg_at_10") == "ease"
-    assert recommend.select_model(metas, "ndcg_at_10", "best") == "ease"
-    assert recommend.select_model(metas, "ndcg_at_10", "als") == "als"
-    with pytest.raises(recommend.RecommendError, match="recommend.model='nope'"):
-        recommend.select_model(metas, "ndcg_at_10", "nope")
+    assert select.select_model(metas, "ndcg_at_10") == "ease"
+    assert select.select_model(metas, "ndcg_at_10", "best") == "ease"
+    assert select.select_model(metas, "ndcg_at_10", "als") == "als"
+    with pytest.raises(errors.RecommendError, match="recommend.model='nope'"):
+        select.select_model(metas, "ndcg_at_10", "nope")
 
 
 def gate(value, previous_value, coverage=0.5, **kw):
     previous = None if previous_value is None else {
         "run_date": DAY1, "model": "als", "model_metric": {"name": "ndcg_at_10", "value": previous_value}}
-    return recommend.quality_gate(metric_name="ndcg_at_10", metric_value=value, previous=previous,
+    return checks.quality_gate(metric_name="ndcg_at_10", metric_value=value, previous=previous,
                                   coverage=coverage, max_metric_drop=kw.get("drop", 0.1),
                                   min_coverage=kw.get("min_coverage", 0.01))["failures"]
 
@@ -102,7 +104,7 @@ def test_quality_gate_metric_drop_and_coverage():
 def test_top_k_rows_equals_torch_topk(n_items, k):
     import torch
 
-    from recsys_spark.topk import top_k_rows
+    from recsys_spark.scoring.topk import top_k_rows
 
     gen = torch.Generator().manual_seed(n_items + k)
     scores = torch.randn(64, n_items, generator=gen)
@@ -128,7 +130,7 @@ def test_top_k_rows_equals_torch_topk(n_items, k):
 def test_mask_seen_masks_each_rows_own_items_only():
     import torch
 
-    from recsys_spark.scoring import mask_seen
+    from recsys_spark.scoring.blocked import mask_seen
 
     scores = torch.zeros(3, 5)
     mask_seen(scores, pd.Series([np.array([1, 4]), None, [0]], dtype=object))
@@ -140,12 +142,13 @@ def test_mask_seen_masks_each_rows_own_items_only():
 
 @pytest.mark.spark
 def test_catalog_scorer_masks_unknown_excluded_and_new_items(spark):
-    from recsys_spark.scoring import DotProductScorer, top_k
+    from recsys_spark.scoring.scorers import DotProductScorer
+    from recsys_spark.scoring.blocked import top_k
 
     # Model of 4 items (item 1 without a vector); the catalog has grown to 5; item 3 is excluded.
     items = np.array([[1.0], [9.0], [3.0], [5.0]], dtype=np.float32)
     inner = DotProductScorer(spark, items, np.array([True, False, True, True]))
-    scorer = recommend.CatalogScorer(spark, inner, 5, np.array([False, False, False, True, False]))
+    scorer = scorers.CatalogScorer(spark, inner, 5, np.array([False, False, False, True, False]))
     users = spark.createDataFrame([(0, [1.0], [])], "user_index int, factors array<float>, seen array<int>")
     rows = top_k(users, scorer, k=5).orderBy("rank").collect()
     assert [(r.item_index, r.score) for r in rows] == [(2, 3.0), (0, 1.0)]
@@ -193,7 +196,7 @@ def run_validate(spark, rows, **kw):
     expected = spark.createDataFrame(EXPECTED, "user_id string, source string, expected_n int")
     seen = spark.createDataFrame([("u1", "i9"), ("u2", "i8")], "user_id string, item_id string")
     excluded = spark.createDataFrame([("i7",)], "item_id string")
-    return recommend.validate(recs, expected, model="als", seen=seen, excluded=excluded, **kw)
+    return checks.validate(recs, expected, model="als", seen=seen, excluded=excluded, **kw)
 
 
 @pytest.mark.spark
@@ -220,21 +223,21 @@ def test_reranked_output_is_checked_by_rank_not_score(spark):
 def test_missing_column_is_a_schema_problem(spark):
     recs = spark.createDataFrame(GOOD, NULLABLE_SCHEMA).drop("explanation")
     expected = spark.createDataFrame(EXPECTED, "user_id string, source string, expected_n int")
-    problems = recommend.validate(recs, expected, model="als")
+    problems = checks.validate(recs, expected, model="als")
     assert len(problems) == 1 and "explanation" in problems[0]
 
 
 @pytest.mark.spark
 def test_prune_keeps_newest_runs_and_latest(spark, tmp_path):
     wh = str(tmp_path / "wh")
-    root = Path(recommend.recommendations_root(wh))
+    root = Path(publish.recommendations_root(wh))
     for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
         (root / f"run_date={day}").mkdir(parents=True)
         (root / f"run_date={day}" / "_SUCCESS").write_text("")
         (root / f"run_date={day}" / "_manifest.json").write_text(json.dumps({"model": "als", "created_at": day}))
     (root / "run_date=2026-01-05").mkdir()  # unfinished: no _SUCCESS, never "latest"
-    assert recommend.write_latest(spark, wh)["run_date"] == "2026-01-04"
-    deleted = recommend.prune_runs(spark, wh, keep=2, protect="2026-01-01")
+    assert publish.write_latest(spark, wh)["run_date"] == "2026-01-04"
+    deleted = publish.prune_runs(spark, wh, keep=2, protect="2026-01-01")
     assert deleted == ["2026-01-02"]
     assert sorted(p.name for p in root.iterdir() if p.name.startswith("run_date=")) == [
         "run_date=2026-01-01", "run_date=2026-01-03", "run_date=2026-01-04", "run_date=2026-01-05"]
@@ -295,7 +298,7 @@ def copy_wh(src, tmp_path):
 
 
 def run_dir(wh, day):
-    return Path(recommend.run_path(wh, day))
+    return Path(publish.run_path(wh, day))
 
 
 def read_run(wh, day) -> pd.DataFrame:
@@ -309,7 +312,7 @@ def manifest(wh, day) -> dict:
 
 
 def latest(wh) -> dict:
-    return json.loads((Path(recommend.recommendations_root(wh)) / "_latest.json").read_text())
+    return json.loads((Path(publish.recommendations_root(wh)) / "_latest.json").read_text())
 
 
 @pytest.mark.spark
@@ -400,7 +403,7 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
     created = manifest(wh, DAY1)["created_at"]
 
     # The staging run is complete and valid; the rename into place fails.
-    final = recommend.run_path(wh, DAY1)
+    final = publish.run_path(wh, DAY1)
     real_rename = io.rename_path
 
     def failing_rename(spark_, src, dst):
@@ -415,13 +418,13 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
     pd.testing.assert_frame_equal(read_run(wh, DAY1), before)  # the old run, whole and readable
     assert manifest(wh, DAY1)["created_at"] == created and (run_dir(wh, DAY1) / "_SUCCESS").exists()
     assert latest(wh)["run_date"] == DAY1
-    root = Path(recommend.recommendations_root(wh))
+    root = Path(publish.recommendations_root(wh))
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "_latest.json", "_staging", f"run_date={DAY1}"]
     assert list((root / "_staging").iterdir()) == []
 
     # A bug that drops rows: the staged output fails validation and is not published.
-    real_finalize = recommend.finalize
+    real_finalize = rerank.finalize
     monkeypatch.setattr(recommend, "finalize",
                         lambda *a, **kw: real_finalize(*a, **kw).where("rank != 2"))
     with pytest.raises(SystemExit) as exit_:
@@ -452,7 +455,7 @@ def test_exclusion_list_then_mmr_diversity(spark, published_wh, tmp_path):
     assert m["reranked"] is True and m["mmr_similarity"] == "embedding"
     factors = pd.read_parquet(Path(wh, "models/als/item_factors"))
     items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().merge(factors, on="item_index")
-    unit = dict(zip(items.item_id, recommend.normalise_rows(np.stack(items.factors.to_numpy()))))
+    unit = dict(zip(items.item_id, rerank.normalise_rows(np.stack(items.factors.to_numpy()))))
 
     def intra_list_similarity(df):
         sims = []
@@ -495,7 +498,7 @@ def test_quality_gate_refuses_a_worse_model_and_force_publishes_it(spark, publis
 @pytest.mark.spark
 def test_torch_model_is_served_by_a_forward_pass(spark, base_wh, tmp_path):
     torch = pytest.importorskip("torch")
-    scorer_module = pytest.importorskip("recsys_spark.models.torch_scorer")
+    scorer_module = pytest.importorskip("recsys_spark.scoring.torch_model")
     from recsys_spark.models import artifacts, registry
 
     if "multvae" not in registry.names():

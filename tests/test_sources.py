@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from recsys_spark import sources
+from recsys_spark.ingest import sources
 from recsys_spark.config import load_config
 
 pytestmark = pytest.mark.spark

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY_SYNTHETIC as TINY
-from recsys_spark import schemas, synthetic
+from recsys_spark import schemas
+from recsys_spark.ingest import synthetic
 from recsys_spark.config import load_config
 
 pytestmark = pytest.mark.spark

@@ -124,7 +124,7 @@ def test_metric_formulas_on_a_hand_example():
 @pytest.mark.spark
 def test_local_metrics_equal_the_evaluation_library(spark):
     """Same scores -> the trainer's numbers equal recsys_spark.evaluate.ranking_metrics."""
-    from recsys_spark import evaluate
+    from recsys_spark.evaluate import ranking
 
     rng = np.random.default_rng(7)
     n_users, n_items, k_list = 30, 25, [5]
@@ -146,7 +146,7 @@ def test_local_metrics_equal_the_evaluation_library(spark):
     recs = spark.createDataFrame(rec_rows, "user_index int, item_index int, rank int")
     rel_df = spark.createDataFrame([(u, [int(i) for i in r]) for u, r in enumerate(relevant_lists)],
                                    "user_index int, relevant array<int>")
-    want = evaluate.ranking_metrics(recs, rel_df, ks=k_list, n_items=n_items)
+    want = ranking.ranking_metrics(recs, rel_df, ks=k_list, n_items=n_items)
     for k in k_list:
         for name in local_metrics.METRICS:
             got = local_metrics.evaluate(lambda rows: scores[rows], n_users, seen, relevant,
@@ -434,7 +434,7 @@ Root Cause (first observed failure):
 def _registered(name):
     from recsys_spark.models import registry
 
-    return name in registry.names() and importlib.util.find_spec("recsys_spark.models.torch_scorer") is not None
+    return name in registry.names() and importlib.util.find_spec("recsys_spark.scoring.torch_model") is not None
 
 
 def _write_planted_warehouse(spark, wh):
@@ -473,7 +473,8 @@ def planted_warehouse(spark, tmp_path_factory):
 @pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
 def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     """jobs/train_neural.py on the planted warehouse: factor tables, metadata, eval recs."""
-    from recsys_spark import io, model_eval
+    from recsys_spark import io
+    from recsys_spark.evaluate import folds
     from recsys_spark.models import artifacts
     from recsys_spark.schemas import EVAL_RECS, ITEM_FACTORS, USER_FACTORS
 
@@ -492,7 +493,7 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     users = io.read_table(spark, wh, USER_FACTORS, path=io.table_path(wh, USER_FACTORS, model="two_tower"))
     items = io.read_table(spark, wh, ITEM_FACTORS, path=io.table_path(wh, ITEM_FACTORS, model="two_tower"))
     assert users.count() == N_USERS and items.count() == N_ITEMS
-    recs = model_eval.read_eval_recs(spark, wh, "two_tower", "test")
+    recs = folds.read_eval_recs(spark, wh, "two_tower", "test")
     assert [(f.name, f.dataType) for f in recs.schema] == [(f.name, f.dataType) for f in EVAL_RECS.schema]
     assert recs.groupBy("user_index").count().agg({"count": "min"}).first()[0] == 5
     assert not any((tmp_path / "cache").iterdir()) and not list((tmp_path / "ck").rglob("*.pt"))
@@ -521,7 +522,8 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
 def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, planted_warehouse):
     """The non-dot-product path of the job without a training run: TorchModelScorer
     top-K on test, model.pt round trip, build arguments in metadata."""
-    from recsys_spark import io, model_eval
+    from recsys_spark import io
+    from recsys_spark.evaluate import folds
     from recsys_spark.config import load_config
     from recsys_spark.models import artifacts, registry
     from recsys_spark.schemas import SPLIT
@@ -535,7 +537,7 @@ def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, p
     fitted = neural.FittedModel(name="neumf", build_kwargs=kwargs, state_dict=blob, history=[], best_epoch=0,
                                 best_metric=None, epochs_run=1, stopped_early=False, resumed_from=0, seconds=0.0)
     split_rows = io.read_table(spark, wh, SPLIT)
-    scored = neural.score_fold(spark, cfg, split_rows, fitted, model_eval.FINAL_FOLD)
+    scored = neural.score_fold(spark, cfg, split_rows, fitted, folds.FINAL_FOLD)
     recs = scored["recs"].toPandas()
     assert recs.groupby("user_index").size().eq(5).all() and recs["user_index"].nunique() == N_USERS
     # Never a training (or validation) item: the test fold's exclusion set.

@@ -16,7 +16,7 @@ from pyspark.sql import DataFrame, SparkSession
 
 from recsys_spark import io
 from recsys_spark.schemas import ITEM_FACTORS, ITEM_INDEX, SCHEMA_VERSION, USER_FACTORS, USER_INDEX
-from recsys_spark.scoring import DotProductScorer, factor_matrix
+from recsys_spark.scoring.scorers import DotProductScorer, factor_matrix
 
 KIND_DOT_PRODUCT = "dot_product"  # user_factors . item_factors
 KIND_ITEM_ITEM = "item_item"  # user history x item_item.npy (EASE's item-item matrix)

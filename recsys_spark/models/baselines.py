@@ -24,7 +24,16 @@ from pyspark.sql import functions as F
 from recsys_spark import memory
 from recsys_spark.memory import MemoryBudgetError
 from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
-from recsys_spark.scoring import popularity_scores
+
+
+def popularity_scores(train: DataFrame, *, n_items: int, since=None) -> np.ndarray:
+    """Per-item popularity (distinct users) in ``train``, optionally only rows with ``last_time >= since``."""
+    rows = train if since is None else train.where(F.col("last_time") >= F.lit(since))
+    counts = rows.groupBy(ITEM_INDEX).agg(F.countDistinct(USER_INDEX).alias("n")).collect()
+    pop = np.zeros(n_items, dtype=np.float32)
+    for r in counts:
+        pop[r[ITEM_INDEX]] = r["n"]
+    return pop
 
 
 def popularity_vector(train: DataFrame, n_items: int, *, recent_days: int | None = None) -> np.ndarray:

@@ -6,7 +6,7 @@ a training process without Spark, so early stopping uses the numbers the
 evaluation job would report. ``tests/test_trainer.py`` checks the parity.
 
 For each evaluated user: rank the whole catalog by score, drop the user's
-training items (and non-finite scores, as :func:`recsys_spark.scoring.top_k`
+training items (and non-finite scores, as :func:`recsys_spark.scoring.blocked.top_k`
 does), keep the top ``k``; with ``rel`` the held-out items and ``hit_i`` whether
 the item at position ``i`` (0-based) is one of them:
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from recsys_spark.topk import exclude, top_k_rows
+from recsys_spark.scoring.topk import exclude, top_k_rows
 
 METRICS = ("ndcg", "recall", "precision", "hit_rate")
 

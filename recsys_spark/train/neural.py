@@ -28,7 +28,8 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io, memory, model_eval, split
+from recsys_spark import io, memory, split
+from recsys_spark.evaluate import folds
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, registry
 from recsys_spark.schemas import ITEM_INDEX, ITEMS, USER_INDEX, WEIGHT
@@ -199,7 +200,7 @@ def _phase(cfg: Config, split_rows: DataFrame, name: str, cls, *, final: bool, e
                                       n_items=n_items, history_length=nc.history_length)
     validation = None
     if not final:
-        held = split.fold(split_rows, model_eval.SELECTION_FOLD, segment="warm")
+        held = split.fold(split_rows, folds.SELECTION_FOLD, segment="warm")
         validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
     settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
     phase = "refit" if final else "selection"
@@ -386,22 +387,22 @@ def score_fold(spark: SparkSession, cfg: Config, split_rows: DataFrame, fitted: 
         ``recs`` (the ``eval_recs`` shape) and, for dot-product models,
         ``user_factors`` / ``item_factors`` (what :func:`save` writes).
     """
-    train = split.training_rows(split_rows, final=fold == model_eval.FINAL_FOLD)
+    train = split.training_rows(split_rows, final=fold == folds.FINAL_FOLD)
     n_items = fitted.build_kwargs["n_items"]
     out: dict[str, Any] = {}
     if fitted.cls.dot_product:
         out["user_factors"] = user_factor_table(spark, fitted, train, history_length=cfg.neural.history_length)
         out["item_factors"] = item_factor_table(spark, fitted)
         scorer = artifacts.dot_product_scorer(spark, out["item_factors"], n_items)
-        users = artifacts.users_with_factors(model_eval.fold_users(split_rows, fold), out["user_factors"])
+        users = artifacts.users_with_factors(folds.fold_users(split_rows, fold), out["user_factors"])
     else:
-        from recsys_spark.models.torch_scorer import TorchModelScorer
+        from recsys_spark.scoring.torch_model import TorchModelScorer
 
         scorer = TorchModelScorer(spark, fitted.name, fitted.state_dict, fitted.torch_build_kwargs(),
                                   history_length=cfg.neural.history_length)
         # ``seen`` in time order: the scorer cuts the model's history from its end.
-        users = model_eval.fold_users(split_rows, fold).drop("seen").join(ordered_seen(train), USER_INDEX, "left")
-    out["recs"] = model_eval.score_fold(users, scorer, cfg)
+        users = folds.fold_users(split_rows, fold).drop("seen").join(ordered_seen(train), USER_INDEX, "left")
+    out["recs"] = folds.score_fold(users, scorer, cfg)
     return out
 
 

@@ -1,35 +1,17 @@
-"""Blocked top-K scoring: batches of users against a broadcast item matrix.
-
-Never a users x items cross join: each task takes batches of users, builds a
-dense [batch, items] score block with one torch matmul, masks the user's
-excluded items and keeps the top k (:mod:`recsys_spark.topk`). Memory per task is bounded by
-``batch_users x n_items`` floats whatever the number of users.
-
-A *scorer* is a small picklable object with ``score(batch) -> torch.Tensor``
-of shape [len(batch), n_items]; it holds Spark broadcasts, not arrays, so the
-item matrix is shipped once per executor.
+"""The scorers of the models whose scores are a product: user vectors x item
+vectors (dot product), user history x item-item matrix (EASE), and the
+wrapper that makes any scorer span today's catalog with excluded items at -inf.
+Each is a :class:`recsys_spark.scoring.blocked.BatchScorer`.
 """
 from __future__ import annotations
 
 import os
-from typing import Protocol
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
+from pyspark.sql import SparkSession
 
 from recsys_spark.memory import require_broadcast
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
-
-TOPK_SCHEMA = "user_index int, item_index int, score float, rank int"
-
-
-class BatchScorer(Protocol):
-    n_items: int
-
-    def score(self, batch: pd.DataFrame):  # -> torch.Tensor [len(batch), n_items]
-        ...
 
 
 class DotProductScorer:
@@ -177,100 +159,28 @@ def factor_matrix(factors_rows: list, n: int, rank: int) -> tuple[np.ndarray, np
     return matrix, known
 
 
-def user_histories(train: DataFrame) -> DataFrame:
-    """``user_index``, ``seen`` (array of item indexes the user has in ``train``)."""
-    return train.groupBy(USER_INDEX).agg(F.collect_list(ITEM_INDEX).alias("seen"))
+class CatalogScorer:
+    """Wraps a scorer so that every score row spans the whole catalog and excluded items are -inf.
 
-
-def mask_seen(scores, seen_lists) -> None:
-    """Set ``scores[row, item] = -inf`` for every item in row ``row``'s ``seen`` list, in place.
-
-    One indexed assignment for the whole block (:func:`recsys_spark.topk.exclude`):
-    a Python loop of per-row assignments costs more than the matmul for short histories.
+    A model trained before the catalog grew scores fewer columns than there are
+    items now: the new ones get -inf (no evidence). Excluded items (out of
+    stock, blocked) get -inf, so ``top_k`` never returns them and the pool is
+    filled from the rest.
     """
-    from recsys_spark.topk import exclude  # torch: imported where scores exist
 
-    lengths = np.fromiter((0 if s is None else len(s) for s in seen_lists), dtype=np.int64, count=len(seen_lists))
-    if not lengths.sum():
-        return
-    rows = np.repeat(np.arange(len(lengths)), lengths)
-    cols = np.concatenate([np.asarray(s, dtype=np.int64) for s in seen_lists if s is not None and len(s)])
-    exclude(scores, rows, cols)
+    def __init__(self, spark: SparkSession, inner, n_items: int, excluded: np.ndarray | None = None):
+        self.inner = inner
+        self.n_items = int(n_items)
+        idx = np.flatnonzero(excluded) if excluded is not None else np.zeros(0, dtype=np.int64)
+        self._excluded = spark.sparkContext.broadcast(idx.astype(np.int64)) if len(idx) else None
 
-
-def top_k(
-    users: DataFrame,
-    scorer: BatchScorer,
-    *,
-    k: int,
-    exclude_seen: bool = True,
-    batch_users: int = 512,
-) -> DataFrame:
-    """Top-``k`` items per user, as rows (``user_index``, ``item_index``, ``score``, ``rank``).
-
-    Args:
-        users: one row per user to score: ``user_index``, ``seen`` (array of
-            item indexes, may be null) and whatever the scorer reads
-            (``factors`` for a dot-product model).
-        exclude_seen: mask the ``seen`` items (already-consumed items are not
-            recommendations).
-
-    Returns:
-        At most ``k`` rows per user, rank 1 = best; fewer when the user has
-        fewer than ``k`` scorable unseen items. :func:`top_k_rows` is
-        deterministic, so the same inputs give the same rows.
-    """
-    k = int(k)
-
-    def run(batches):
+    def score(self, batch: pd.DataFrame):
         import torch
 
-        from recsys_spark.topk import top_k_rows
-
-        # One Spark task per core already: more torch threads would oversubscribe.
-        torch.set_num_threads(1)
-        for pdf in batches:
-            for start in range(0, len(pdf), batch_users):
-                chunk = pdf.iloc[start : start + batch_users]
-                scores = scorer.score(chunk)
-                if exclude_seen:
-                    mask_seen(scores, chunk["seen"])
-                values, items = top_k_rows(scores, min(k, scores.shape[1]))
-                kk = values.shape[1]
-                values_np, items_np = values.numpy(), items.numpy().astype(np.int32)
-                ok = np.isfinite(values_np)
-                users_np = np.repeat(chunk["user_index"].to_numpy(dtype=np.int32), kk).reshape(-1, kk)
-                ranks = np.tile(np.arange(1, kk + 1, dtype=np.int32), (len(chunk), 1))
-                yield pd.DataFrame(
-                    {
-                        "user_index": users_np[ok],
-                        "item_index": items_np[ok],
-                        "score": values_np[ok].astype(np.float32),
-                        "rank": ranks[ok],
-                    }
-                )
-
-    return users.mapInPandas(run, TOPK_SCHEMA)
-
-
-def popularity_scores(train: DataFrame, *, n_items: int, since=None) -> np.ndarray:
-    """Per-item popularity (distinct users) in ``train``, optionally only rows with ``last_time >= since``."""
-    rows = train if since is None else train.where(F.col("last_time") >= F.lit(since))
-    counts = rows.groupBy(ITEM_INDEX).agg(F.countDistinct(USER_INDEX).alias("n")).collect()
-    pop = np.zeros(n_items, dtype=np.float32)
-    for r in counts:
-        pop[r[ITEM_INDEX]] = r["n"]
-    return pop
-
-
-__all__ = [
-    "DotProductScorer",
-    "ItemItemScorer",
-    "ShippedMatrix",
-    "TOPK_SCHEMA",
-    "factor_matrix",
-    "mask_seen",
-    "popularity_scores",
-    "top_k",
-    "user_histories",
-]
+        scores = self.inner.score(batch)
+        if scores.shape[1] < self.n_items:
+            pad = torch.full((scores.shape[0], self.n_items - scores.shape[1]), float("-inf"), dtype=scores.dtype)
+            scores = torch.cat([scores, pad], dim=1)
+        if self._excluded is not None:
+            scores[:, torch.from_numpy(self._excluded.value)] = float("-inf")
+        return scores

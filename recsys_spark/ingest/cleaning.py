@@ -1,6 +1,6 @@
 """Validating, normalising and deduplicating raw events.
 
-Input: the canonical string columns of :func:`recsys_spark.sources.read_source`.
+Input: the canonical string columns of :func:`recsys_spark.ingest.sources.read_source`.
 Output tables: ``events_clean`` and ``quarantine`` (:mod:`recsys_spark.schemas`).
 
 Every input row ends in exactly one place, and :func:`run_clean` checks it:
@@ -39,7 +39,8 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType
 
-from recsys_spark import io, sources
+from recsys_spark import io
+from recsys_spark.ingest import sources
 from recsys_spark.config import CleanConf, Config
 from recsys_spark.schemas import (
     EVENT_DATE,

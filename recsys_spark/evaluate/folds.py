@@ -9,7 +9,9 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import evaluate, io, scoring, split
+from recsys_spark import io, split
+from recsys_spark.scoring import blocked
+from recsys_spark.evaluate import ranking
 from recsys_spark.config import Config
 from recsys_spark.schemas import EVAL_RECS, ITEM_INDEX_TABLE, USER_INDEX, USER_INDEX_TABLE
 
@@ -29,15 +31,15 @@ def fold_users(split_rows: DataFrame, fold: str) -> DataFrame:
     """Warm users of ``fold`` with ``seen``: their items in the rows the model trained on."""
     train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
     held = split.fold(split_rows, fold, segment="warm").select(USER_INDEX).distinct()
-    return held.join(scoring.user_histories(train), USER_INDEX, "left")
+    return held.join(blocked.user_histories(train), USER_INDEX, "left")
 
 
 def fold_relevant(split_rows: DataFrame, fold: str) -> DataFrame:
-    return evaluate.relevant_items(split.fold(split_rows, fold, segment="warm"))
+    return ranking.relevant_items(split.fold(split_rows, fold, segment="warm"))
 
 
 def score_fold(users: DataFrame, scorer, cfg: Config) -> DataFrame:
-    return scoring.top_k(
+    return blocked.top_k(
         users,
         scorer,
         k=max(cfg.evaluation.ks),
@@ -48,12 +50,12 @@ def score_fold(users: DataFrame, scorer, cfg: Config) -> DataFrame:
 
 def fold_metrics(split_rows: DataFrame, recs: DataFrame, fold: str, n_items: int, cfg: Config) -> dict:
     train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
-    return evaluate.ranking_metrics(
+    return ranking.ranking_metrics(
         recs,
         fold_relevant(split_rows, fold),
         ks=cfg.evaluation.ks,
         n_items=n_items,
-        item_popularity=evaluate.catalog_popularity(train, n_items),
+        item_popularity=ranking.catalog_popularity(train, n_items),
     )
 
 

@@ -1,7 +1,7 @@
 """Full-ranking evaluation on Spark.
 
 Every model is judged the same way: its top-K over the whole catalog minus
-the user's training items (``scoring.top_k``), against the user's held-out
+the user's training items (``scoring.blocked.top_k``), against the user's held-out
 items. Sampled-negative metrics are deliberately absent: they mis-rank models.
 
 Precision/Recall/NDCG/MAP@K are ``pyspark.ml.evaluation.RankingEvaluator``'s

@@ -1,6 +1,6 @@
 """Exact top-k over rows of scores, with excluded items: torch and NumPy only.
 
-Shared by serving and evaluation (:func:`recsys_spark.scoring.top_k`, inside
+Shared by serving and evaluation (:func:`recsys_spark.scoring.blocked.top_k`, inside
 Spark tasks) and by the trainer's per-epoch validation
 (:mod:`recsys_spark.train.local_metrics`, inside a training process without
 Spark), so both exclude items and break ties the same way.

@@ -43,7 +43,6 @@ from recsys_spark.schemas import (
     EVENT_ID,
     EVENT_TYPE,
     FILE_CORRUPT,
-    FILE_REASON_CODES,
     FILE_UNREADABLE,
     ITEM_ID,
     SESSION_ID,

@@ -1,4 +1,4 @@
-"""Scoring a trained neural model on Spark: a :class:`recsys_spark.scoring.BatchScorer`.
+"""Scoring a trained neural model on Spark: a :class:`recsys_spark.scoring.blocked.BatchScorer`.
 
 The model's state dict travels as one Spark broadcast (with the keyword
 arguments that rebuild the model); each Python worker process builds and
@@ -13,7 +13,7 @@ Usage::
     scorer = TorchModelScorer(spark, "neumf", state_dict_bytes(model),
                               dict(n_users=..., n_items=..., params=model.params),
                               history_length=cfg.neural.history_length)
-    recs = scoring.top_k(users_with_seen, scorer, k=10)
+    recs = blocked.top_k(users_with_seen, scorer, k=10)
 """
 from __future__ import annotations
 
@@ -74,11 +74,11 @@ def padded_histories(seen_column, *, n_items: int, length: int) -> tuple[torch.T
 
 
 class TorchModelScorer:
-    """Scores [len(batch), n_items] of a trained neural model for ``scoring.top_k``.
+    """Scores [len(batch), n_items] of a trained neural model for ``scoring.blocked.top_k``.
 
     Users whose ``user_index`` the model has no embedding for (indexed after
     training) get -inf everywhere, as items without a vector do in
-    :class:`recsys_spark.scoring.DotProductScorer`: no evidence, no
+    :class:`recsys_spark.scoring.scorers.DotProductScorer`: no evidence, no
     recommendations; models that read only the history (``input_kind ==
     "histories"``) score them from their history.
 

@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
         "warehouse": wh,
     }
     events.unpersist()
-    io.write_json(spark, f"{wh}/reports/build_tables/{today}.json", report)
+    io.write_json(spark, io.report_path(wh, "build_tables", today), report)
     print_report("build_tables", report)
     return report
 

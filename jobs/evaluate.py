@@ -50,15 +50,15 @@ def main(argv=None) -> dict:
     spark = build_spark(cfg, "evaluate")
     wh, day = cfg.warehouse, run_date(cfg)
     models = args.models.split(",") if args.models else [
-        m for m in io.list_dir(spark, f"{wh}/eval_recs") if not m.startswith((".", "_"))]
+        m for m in io.list_dir(spark, io.eval_recs_root(wh)) if not m.startswith((".", "_"))]
     if not models:
-        raise SystemExit(f"evaluate: no model has test recommendations under {wh}/eval_recs; train one first")
+        raise SystemExit(f"evaluate: no model has test recommendations under {io.eval_recs_root(wh)}; train one first")
     split_rows = io.read_table(spark, wh, SPLIT).cache()
     _, n_items = folds.catalog_sizes(spark, wh)
-    protocol = io.read_json(spark, f"{wh}/split/_split.json")
+    protocol = io.read_json(spark, io.split_protocol_path(wh))
 
     results = []
-    out_dir = f"{wh}/metrics/run_date={day}"
+    out_dir = io.metrics_dir(wh, day)
     for model in models:
         recs = folds.read_eval_recs(spark, wh, model, folds.FINAL_FOLD)
         metrics = folds.fold_metrics(split_rows, recs, folds.FINAL_FOLD, n_items, cfg)
@@ -66,15 +66,15 @@ def main(argv=None) -> dict:
         result = {"model": model, "run_date": day, "fold": folds.FINAL_FOLD, "split": protocol,
                   "metrics": metrics, "validation_metrics": meta.get("metrics", {}).get("validation", {}),
                   "params": meta.get("params", {})}
-        io.write_json(spark, f"{out_dir}/{model}.json", result)
+        io.write_json(spark, io.metrics_path(wh, day, f"{model}.json"), result)
         results.append(result)
 
     cold = cold_start_report(spark, split_rows, n_items, cfg)
-    io.write_json(spark, f"{out_dir}/_cold_start.json", cold)
+    io.write_json(spark, io.metrics_path(wh, day, "_cold_start.json"), cold)
     header, rows = ranking.comparison_rows(results, cfg.evaluation.ks)
-    io.write_text(spark, f"{out_dir}/comparison.csv", ranking.to_csv(header, rows))
+    io.write_text(spark, io.metrics_path(wh, day, "comparison.csv"), ranking.to_csv(header, rows))
     markdown = ranking.to_markdown(header, rows)
-    io.write_text(spark, f"{out_dir}/comparison.md", markdown)
+    io.write_text(spark, io.metrics_path(wh, day, "comparison.md"), markdown)
     split_rows.unpersist()
     print(f"== evaluate: test fold, {protocol.get('protocol')} split, {len(results)} models -> {out_dir}")
     print(markdown)

@@ -41,8 +41,8 @@ def main(argv=None) -> dict:
         **info,
         "folds": split.split_summary(io.read_table(spark, wh, SPLIT)),
     }
-    io.write_json(spark, f"{wh}/split/_split.json", report)
-    io.write_json(spark, f"{wh}/reports/split/{run_date(cfg)}.json", report)
+    io.write_json(spark, io.split_protocol_path(wh), report)
+    io.write_json(spark, io.report_path(wh, "split", run_date(cfg)), report)
     print_report("split", report)
     return report
 

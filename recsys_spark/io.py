@@ -30,13 +30,53 @@ def table_path(warehouse: str, table: Table | str, **parts: str) -> str:
     return f"{warehouse.rstrip('/')}/{t.path.format(**parts)}"
 
 
+def models_root(warehouse: str) -> str:
+    """``<warehouse>/models``: one folder per trained model."""
+    return f"{warehouse.rstrip('/')}/models"
+
+
 def model_dir(warehouse: str, model: str) -> str:
-    return f"{warehouse.rstrip('/')}/models/{model}"
+    return f"{models_root(warehouse)}/{model}"
+
+
+def model_file(warehouse: str, model: str, name: str) -> str:
+    """A file in a model's folder (``metadata.json``, ``model.pt``, ``item_item.npy``)."""
+    return f"{model_dir(warehouse, model)}/{name}"
 
 
 def report_path(warehouse: str, job: str, name: str) -> str:
     """A job's run report: ``<warehouse>/reports/<job>/<name>.json``."""
     return f"{warehouse.rstrip('/')}/reports/{job}/{name}.json"
+
+
+def eval_recs_root(warehouse: str) -> str:
+    """``<warehouse>/eval_recs``: one folder per model with held-out top-K."""
+    return table_path(warehouse, "eval_recs", model="x", fold="x").rsplit("/", 2)[0]
+
+
+def split_protocol_path(warehouse: str) -> str:
+    """``<warehouse>/split/_split.json``: the protocol and fold sizes the split job wrote."""
+    return f"{table_path(warehouse, 'split')}/_split.json"
+
+
+def metrics_dir(warehouse: str, run_date: str) -> str:
+    """``<warehouse>/metrics/run_date=D``: the evaluate job's per-model metrics and comparison."""
+    return f"{warehouse.rstrip('/')}/metrics/run_date={run_date}"
+
+
+def metrics_path(warehouse: str, run_date: str, name: str) -> str:
+    """A file of the evaluate job's output for ``run_date`` (``<model>.json``, ``comparison.md`` ...)."""
+    return f"{metrics_dir(warehouse, run_date)}/{name}"
+
+
+def recommendations_root(warehouse: str) -> str:
+    """The parent of every published run (``run_date=D`` folders and ``_latest.json``)."""
+    return table_path(warehouse, "recommendations", run_date="x").rsplit("/", 1)[0]
+
+
+def recommendations_run_path(warehouse: str, run_date: str) -> str:
+    """One published run: ``recommendations/run_date=D``."""
+    return table_path(warehouse, "recommendations", run_date=run_date)
 
 
 # --------------------------------------------------------------------------- filesystem
@@ -95,13 +135,23 @@ def list_dir(spark: SparkSession, path: str) -> list[str]:
     return sorted(st.getPath().getName() for st in fs.listStatus(p))
 
 
-def write_text(spark: SparkSession, path: str, text: str) -> None:
+def write_bytes(spark: SparkSession, path: str, data: bytes) -> None:
+    """Write (replace) a file through Hadoop's FileSystem: any warehouse URI."""
     fs, p = _fs(spark, path)
     out = fs.create(p, True)
     try:
-        out.write(bytearray(text.encode("utf-8")))
+        out.write(bytearray(data))
     finally:
         out.close()
+
+
+def read_bytes(spark: SparkSession, path: str) -> bytes:
+    """A whole file's bytes (``binaryFiles`` reads through the Hadoop FileSystem)."""
+    return bytes(spark.sparkContext.binaryFiles(path).first()[1])
+
+
+def write_text(spark: SparkSession, path: str, text: str) -> None:
+    write_bytes(spark, path, text.encode("utf-8"))
 
 
 def read_text(spark: SparkSession, path: str) -> str:

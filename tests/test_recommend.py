@@ -230,7 +230,7 @@ def test_missing_column_is_a_schema_problem(spark):
 @pytest.mark.spark
 def test_prune_keeps_newest_runs_and_latest(spark, tmp_path):
     wh = str(tmp_path / "wh")
-    root = Path(publish.recommendations_root(wh))
+    root = Path(io.recommendations_root(wh))
     for day in ("2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04"):
         (root / f"run_date={day}").mkdir(parents=True)
         (root / f"run_date={day}" / "_SUCCESS").write_text("")
@@ -298,7 +298,7 @@ def copy_wh(src, tmp_path):
 
 
 def run_dir(wh, day):
-    return Path(publish.run_path(wh, day))
+    return Path(io.recommendations_run_path(wh, day))
 
 
 def read_run(wh, day) -> pd.DataFrame:
@@ -312,7 +312,7 @@ def manifest(wh, day) -> dict:
 
 
 def latest(wh) -> dict:
-    return json.loads((Path(publish.recommendations_root(wh)) / "_latest.json").read_text())
+    return json.loads((Path(io.recommendations_root(wh)) / "_latest.json").read_text())
 
 
 @pytest.mark.spark
@@ -403,7 +403,7 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
     created = manifest(wh, DAY1)["created_at"]
 
     # The staging run is complete and valid; the rename into place fails.
-    final = publish.run_path(wh, DAY1)
+    final = io.recommendations_run_path(wh, DAY1)
     real_rename = io.rename_path
 
     def failing_rename(spark_, src, dst):
@@ -418,7 +418,7 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
     pd.testing.assert_frame_equal(read_run(wh, DAY1), before)  # the old run, whole and readable
     assert manifest(wh, DAY1)["created_at"] == created and (run_dir(wh, DAY1) / "_SUCCESS").exists()
     assert latest(wh)["run_date"] == DAY1
-    root = Path(publish.recommendations_root(wh))
+    root = Path(io.recommendations_root(wh))
     assert sorted(p.name for p in root.iterdir() if not p.name.startswith(".")) == [
         "_latest.json", "_staging", f"run_date={DAY1}"]
     assert list((root / "_staging").iterdir()) == []

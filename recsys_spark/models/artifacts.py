@@ -24,7 +24,7 @@ KIND_TORCH = "torch"  # a neural model that needs a forward pass (state_dict + c
 
 
 def metadata_path(warehouse: str, model: str) -> str:
-    return f"{io.model_dir(warehouse, model)}/metadata.json"
+    return io.model_file(warehouse, model, "metadata.json")
 
 
 def save_factors(
@@ -73,7 +73,7 @@ ITEM_ITEM_FILE = "item_item.npy"  # an item_item-kind model's matrix ([model ite
 
 
 def item_item_path(warehouse: str, model: str) -> str:
-    return f"{io.model_dir(warehouse, model)}/{ITEM_ITEM_FILE}"
+    return io.model_file(warehouse, model, ITEM_ITEM_FILE)
 
 
 def save_item_item(spark: SparkSession, warehouse: str, model: str, local_npy: str) -> str:
@@ -100,20 +100,14 @@ MODEL_FILE = "model.pt"  # a torch-kind model's state dict (torch.save), beside 
 
 
 def state_dict_path(warehouse: str, model: str) -> str:
-    return f"{io.model_dir(warehouse, model)}/{MODEL_FILE}"
+    return io.model_file(warehouse, model, MODEL_FILE)
 
 
 def save_state_dict(spark: SparkSession, warehouse: str, model: str, data: bytes) -> str:
     """Write a torch-kind model's state dict bytes to ``model.pt`` (any Hadoop filesystem)."""
-    jvm = spark.sparkContext._jvm
-    path = jvm.org.apache.hadoop.fs.Path(state_dict_path(warehouse, model))
-    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    out = fs.create(path, True)
-    try:
-        out.write(bytearray(data))
-    finally:
-        out.close()
-    return state_dict_path(warehouse, model)
+    path = state_dict_path(warehouse, model)
+    io.write_bytes(spark, path, data)
+    return path
 
 
 def load_state_dict_bytes(spark: SparkSession, warehouse: str, model: str) -> bytes:
@@ -121,7 +115,7 @@ def load_state_dict_bytes(spark: SparkSession, warehouse: str, model: str) -> by
     path = state_dict_path(warehouse, model)
     if not io.path_exists(spark, path):
         raise FileNotFoundError(f"model '{model}' has no {MODEL_FILE} at {path} (train it first)")
-    return bytes(spark.sparkContext.binaryFiles(path).first()[1])
+    return io.read_bytes(spark, path)
 
 
 def load_metadata(spark: SparkSession, warehouse: str, model: str) -> dict:

@@ -32,17 +32,9 @@ STAGING = "_staging"
 RUN_PREFIX = "run_date="
 
 
-def recommendations_root(warehouse: str) -> str:
-    return io.table_path(warehouse, RECOMMENDATIONS, run_date="x").rsplit("/", 1)[0]
-
-
-def run_path(warehouse: str, run_date: str) -> str:
-    return io.table_path(warehouse, RECOMMENDATIONS, run_date=run_date)
-
-
 def published_runs(spark: SparkSession, warehouse: str) -> list[str]:
     """Run dates with a ``_SUCCESS`` marker, oldest first."""
-    root = recommendations_root(warehouse)
+    root = io.recommendations_root(warehouse)
     dates = []
     for name in io.list_dir(spark, root):
         if name.startswith(RUN_PREFIX) and "." not in name:
@@ -53,7 +45,7 @@ def published_runs(spark: SparkSession, warehouse: str) -> list[str]:
 
 
 def read_latest(spark: SparkSession, warehouse: str) -> dict | None:
-    path = f"{recommendations_root(warehouse)}/{LATEST}"
+    path = f"{io.recommendations_root(warehouse)}/{LATEST}"
     return io.read_json(spark, path) if io.path_exists(spark, path) else None
 
 
@@ -62,7 +54,7 @@ def latest_manifest(spark: SparkSession, warehouse: str) -> dict | None:
     latest = read_latest(spark, warehouse)
     if not latest:
         return None
-    path = f"{run_path(warehouse, latest['run_date'])}/{MANIFEST}"
+    path = f"{io.recommendations_run_path(warehouse, latest['run_date'])}/{MANIFEST}"
     return io.read_json(spark, path) if io.path_exists(spark, path) else None
 
 
@@ -71,10 +63,10 @@ def write_latest(spark: SparkSession, warehouse: str) -> dict | None:
     runs = published_runs(spark, warehouse)
     if not runs:
         return None
-    root = recommendations_root(warehouse)
+    root = io.recommendations_root(warehouse)
     day = runs[-1]
-    manifest = io.read_json(spark, f"{run_path(warehouse, day)}/{MANIFEST}")
-    pointer = {"run_date": day, "path": run_path(warehouse, day), "model": manifest.get("model"),
+    manifest = io.read_json(spark, f"{io.recommendations_run_path(warehouse, day)}/{MANIFEST}")
+    pointer = {"run_date": day, "path": io.recommendations_run_path(warehouse, day), "model": manifest.get("model"),
                "published_at": manifest.get("created_at")}
     tmp = f"{root}/.{LATEST}.tmp-{uuid.uuid4().hex[:8]}"
     io.write_json(spark, tmp, pointer)
@@ -96,7 +88,7 @@ def prune_runs(spark: SparkSession, warehouse: str, *, keep: int, protect: str |
     for day in dates[keep:]:
         if day in (protect, latest):
             continue
-        io.delete_path(spark, run_path(warehouse, day))
+        io.delete_path(spark, io.recommendations_run_path(warehouse, day))
         deleted.append(day)
     return deleted
 
@@ -145,8 +137,8 @@ def publish(
     Nothing under the run's final path changes unless every step succeeds; the
     staging directory is removed either way.
     """
-    root = recommendations_root(warehouse)
-    final = run_path(warehouse, run_date)
+    root = io.recommendations_root(warehouse)
+    final = io.recommendations_run_path(warehouse, run_date)
     staging = f"{root}/{STAGING}/{RUN_PREFIX}{run_date}-{uuid.uuid4().hex[:8]}"
     try:
         io.write_table(recs, warehouse, RECOMMENDATIONS, path=staging)

@@ -117,11 +117,10 @@ def _load_torch_model(spark, warehouse, name, meta, *, n_items, history_length) 
     from recsys_spark.models import registry
     from recsys_spark.scoring.torch_model import TorchModelScorer, model_from_bytes
 
-    path = f"{io.model_dir(warehouse, name)}/model.pt"
-    if not io.path_exists(spark, path):
-        raise RecommendError(f"model '{name}' (kind torch) has no {path}")
-    # binaryFiles reads through the Hadoop FileSystem, so any warehouse URI works.
-    blob = bytes(spark.sparkContext.binaryFiles(path).first()[1])
+    try:
+        blob = artifacts.load_state_dict_bytes(spark, warehouse, name)
+    except FileNotFoundError as exc:
+        raise RecommendError(str(exc)) from None
     kwargs = torch_build_kwargs(meta)
     history_length = int((meta.get("config") or {}).get("neural", {}).get("history_length", history_length))
     scorer = TorchModelScorer(spark, name, blob, kwargs, history_length=history_length)
@@ -145,7 +144,7 @@ def _load_torch_model(spark, warehouse, name, meta, *, n_items, history_length) 
 def list_models(spark: SparkSession, warehouse: str) -> dict[str, dict]:
     """Every model folder's metadata (folders without readable metadata are skipped)."""
     out = {}
-    for name in io.list_dir(spark, f"{warehouse.rstrip('/')}/models"):
+    for name in io.list_dir(spark, io.models_root(warehouse)):
         if name.startswith((".", "_")):
             continue
         try:

@@ -4,44 +4,18 @@ Reads <warehouse>/eval_recs/<model>/test for each model (all found, or --models)
 computes full-ranking metrics against the split's warm test users, and writes
 <warehouse>/metrics/run_date=D/<model>.json plus comparison.csv / comparison.md.
 Cold-start test users (no training history) are evaluated separately with the
-recent-popularity fallback every model serves them.
+recent-popularity fallback every model serves them (_cold_start.json).
 
     scripts/submit.sh jobs/evaluate.py --dataset synthetic
 """
 from __future__ import annotations
 
-import numpy as np
-from pyspark.sql import functions as F
-
-from recsys_spark import io, split
-from recsys_spark.evaluate import folds, ranking
+from recsys_spark import io
 from recsys_spark.cli import parse_job_args
 from recsys_spark.config import run_date
-from recsys_spark.models import artifacts, baselines
-from recsys_spark.schemas import SPLIT, USER_INDEX
-from recsys_spark.scoring.scorers import DotProductScorer
+from recsys_spark.evaluate import folds, ranking
+from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark
-
-
-def cold_start_report(spark, split_rows, n_items, cfg) -> dict:
-    """Counts of cold rows in test, and the popularity fallback's metrics on cold users."""
-    test = split.fold(split_rows, folds.FINAL_FOLD)
-    counts = {r["segment"]: {"rows": r["rows"], "users": r["users"]} for r in test.groupBy("segment").agg(
-        F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_INDEX).alias("users")).collect()}
-    report = {"test_segments": counts}
-    cold = split.fold(split_rows, folds.FINAL_FOLD, segment="cold_user")
-    if counts.get("cold_user", {}).get("rows", 0) == 0:
-        return report
-    train = split.training_rows(split_rows, final=True)
-    pop = baselines.popularity_vector(train, n_items, recent_days=cfg.popularity.recent_days)[:, None]
-    users = cold.select(USER_INDEX).distinct().withColumn("seen", F.lit(None).cast("array<int>")).withColumn(
-        "factors", F.array(F.lit(1.0).cast("float")))
-    recs = folds.score_fold(users, DotProductScorer(spark, pop, np.ones(n_items, dtype=bool)), cfg)
-    # Relevant items of cold users include items new after the cutoff: none can be recommended,
-    # and that is the truth about cold start.
-    report["cold_user_metrics_popularity_recent"] = ranking.ranking_metrics(
-        recs, ranking.relevant_items(cold), ks=cfg.evaluation.ks, n_items=n_items)
-    return report
 
 
 def main(argv=None) -> dict:
@@ -50,32 +24,24 @@ def main(argv=None) -> dict:
     spark = build_spark(cfg, "evaluate")
     wh, day = cfg.warehouse, run_date(cfg)
     models = args.models.split(",") if args.models else [
-        m for m in io.list_dir(spark, io.eval_recs_root(wh)) if not m.startswith((".", "_"))]
+        m for m in io.list_dir(spark, io.eval_recs_root(wh)) if not io.is_hidden(m)]
     if not models:
         raise SystemExit(f"evaluate: no model has test recommendations under {io.eval_recs_root(wh)}; train one first")
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    _, n_items = folds.catalog_sizes(spark, wh)
+    _, n_items = io.catalog_sizes(spark, wh)
     protocol = io.read_json(spark, io.split_protocol_path(wh))
-
-    results = []
-    out_dir = io.metrics_dir(wh, day)
-    for model in models:
-        recs = folds.read_eval_recs(spark, wh, model, folds.FINAL_FOLD)
-        metrics = folds.fold_metrics(split_rows, recs, folds.FINAL_FOLD, n_items, cfg)
-        meta = artifacts.load_metadata(spark, wh, model)
-        result = {"model": model, "run_date": day, "fold": folds.FINAL_FOLD, "split": protocol,
-                  "metrics": metrics, "validation_metrics": meta.get("metrics", {}).get("validation", {}),
-                  "params": meta.get("params", {})}
-        io.write_json(spark, io.metrics_path(wh, day, f"{model}.json"), result)
-        results.append(result)
-
-    cold = cold_start_report(spark, split_rows, n_items, cfg)
-    io.write_json(spark, io.metrics_path(wh, day, "_cold_start.json"), cold)
-    header, rows = ranking.comparison_rows(results, cfg.evaluation.ks)
-    io.write_text(spark, io.metrics_path(wh, day, "comparison.csv"), ranking.to_csv(header, rows))
-    markdown = ranking.to_markdown(header, rows)
-    io.write_text(spark, io.metrics_path(wh, day, "comparison.md"), markdown)
+    results = folds.test_fold_results(spark, cfg, split_rows, models, n_items=n_items, run_date=day, protocol=protocol)
+    cold = folds.cold_start_report(split_rows, n_items, cfg)
     split_rows.unpersist()
+
+    header, rows = ranking.comparison_rows(results, cfg.evaluation.ks)
+    markdown = ranking.to_markdown(header, rows)
+    for result in results:
+        io.write_json(spark, io.metrics_path(wh, day, f"{result['model']}.json"), result)
+    io.write_json(spark, io.metrics_path(wh, day, "_cold_start.json"), cold)
+    io.write_text(spark, io.metrics_path(wh, day, "comparison.csv"), ranking.to_csv(header, rows))
+    io.write_text(spark, io.metrics_path(wh, day, "comparison.md"), markdown)
+    out_dir = io.metrics_dir(wh, day)
     print(f"== evaluate: test fold, {protocol.get('protocol')} split, {len(results)} models -> {out_dir}")
     print(markdown)
     print("cold start:", cold.get("test_segments"))

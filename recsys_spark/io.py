@@ -79,6 +79,15 @@ def recommendations_run_path(warehouse: str, run_date: str) -> str:
     return table_path(warehouse, "recommendations", run_date=run_date)
 
 
+def catalog_sizes(spark: SparkSession, warehouse: str) -> tuple[int, int]:
+    """(n_users, n_items): the sizes of the id indexes, i.e. the row counts of every factor matrix."""
+    def size(table):
+        index_col = table.schema.fields[1].name
+        return (read_table(spark, warehouse, table).agg(F.max(index_col)).first()[0] or -1) + 1
+
+    return size(get_table("user_index")), size(get_table("item_index"))
+
+
 # --------------------------------------------------------------------------- filesystem
 
 

@@ -81,6 +81,16 @@ FILE_REASON_CODES = (FILE_CORRUPT, FILE_UNREADABLE)
 USER_INDEX = "user_index"
 ITEM_INDEX = "item_index"
 WEIGHT = "weight"
+LAST_TIME = "last_time"  # an interaction's latest event: what orders a user's history
+
+# Column names shared by modules that pass DataFrames to each other (not all are stored).
+SEEN = "seen"  # a user's items (array of item indexes), in time order where it matters
+FACTORS = "factors"  # a user's or item's vector (array<float>)
+SCORE = "score"
+RANK = "rank"  # 1 = best
+SOURCE = "source"  # what served a user: the model or the cold-start fallback
+FOLD = "fold"  # train | validation | test
+SEGMENT = "segment"  # warm | cold_user | cold_item
 
 
 def _s(*fields: tuple[str, object, bool]) -> StructType:

@@ -19,6 +19,8 @@ from recsys_spark.schemas import (
     EVENT_TYPES,
     ITEM_ID,
     ITEM_INDEX,
+    LAST_TIME,
+    SEEN,
     USER_ID,
     USER_INDEX,
     VALUE,
@@ -219,3 +221,21 @@ def parse_item_metadata(
          else col_or_null(year, "int")).alias("year"),
         genre_col.alias("genres"),
     ).dropDuplicates([ITEM_ID])
+
+
+def user_histories(rows: DataFrame) -> DataFrame:
+    """``user_index``, ``seen``: each user's items in time order (last interaction, then item index).
+
+    The one definition of a history, for every consumer: the items scoring
+    excludes, the recent items a sequence-aware model reads (cut from the
+    end), and serving's input. Time order matters to models that read the most
+    recent history; the tie-break by index makes the array, and so every
+    output built from it, reproducible.
+
+    Args:
+        rows: interactions-shaped rows (``user_index``, ``item_index``, ``last_time``).
+    """
+    ordered = F.array_sort(F.collect_list(F.struct(F.col(LAST_TIME), F.col(ITEM_INDEX).cast("int").alias(ITEM_INDEX))))
+    return rows.groupBy(USER_INDEX).agg(ordered.alias("_h")).select(
+        F.col(USER_INDEX).cast("int").alias(USER_INDEX), F.col(f"_h.{ITEM_INDEX}").alias(SEEN)
+    )

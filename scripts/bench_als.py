@@ -92,7 +92,7 @@ def main() -> None:
         timings[stage] = time.perf_counter() - started
 
     split_rows = io.read_table(spark, wh, SPLIT).cache()
-    n_users, n_items = folds.catalog_sizes(spark, wh)
+    n_users, n_items = io.catalog_sizes(spark, wh)
     als_meta = artifacts.load_metadata(spark, wh, "als")
     best = als_meta["params"]
     primary = cfg.evaluation.primary_metric

@@ -151,7 +151,6 @@ def main() -> None:
     settings = [json.loads(s) for s in args.settings]
 
     from recsys_spark import io
-    from recsys_spark.evaluate import folds
     from recsys_spark.config import load_config
     from recsys_spark.schemas import SPLIT
     from recsys_spark.session import build_spark
@@ -160,7 +159,7 @@ def main() -> None:
     cfg = load_config(args.conf, dataset=args.dataset, overrides=["spark.extra={spark.ui.enabled: 'false'}"])
     spark = build_spark(cfg, "sweep_neural")
     split_rows = io.read_table(spark, args.warehouse, SPLIT).cache()
-    n_users, n_items = folds.catalog_sizes(spark, args.warehouse)
+    n_users, n_items = io.catalog_sizes(spark, args.warehouse)
     features = neural.item_features(spark, args.warehouse, n_items)
 
     results = []

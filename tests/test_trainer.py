@@ -522,7 +522,7 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
 def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, planted_warehouse):
     """The non-dot-product path of the job without a training run: TorchModelScorer
     top-K on test, model.pt round trip, build arguments in metadata."""
-    from recsys_spark import io
+    from recsys_spark import io, split
     from recsys_spark.evaluate import folds
     from recsys_spark.config import load_config
     from recsys_spark.models import artifacts, registry
@@ -534,17 +534,19 @@ def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, p
     torch.manual_seed(0)
     kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "params": {"embedding_dim": 4, "mlp_layers": [8, 4]}}
     blob = loop.state_dict_bytes(registry.get("neumf").build(**kwargs).state_dict())
-    fitted = neural.FittedModel(name="neumf", build_kwargs=kwargs, state_dict=blob, history=[], best_epoch=0,
-                                best_metric=None, epochs_run=1, stopped_early=False, resumed_from=0, seconds=0.0)
+    trained = neural.TrainedNetwork(name="neumf", build_kwargs=kwargs, state_dict=blob, history=[], best_epoch=0,
+                                    best_metric=None, epochs_run=1, stopped_early=False, resumed_from=0,
+                                    seconds=0.0)
     split_rows = io.read_table(spark, wh, SPLIT)
-    scored = neural.score_fold(spark, cfg, split_rows, fitted, folds.FINAL_FOLD)
-    recs = scored["recs"].toPandas()
+    model = neural.fitted_model(spark, cfg, trained, split.training_rows(split_rows, final=True))
+    assert model.kind == artifacts.KIND_TORCH
+    recs = folds.score_model(model, split_rows, folds.FINAL_FOLD, cfg).toPandas()
     assert recs.groupby("user_index").size().eq(5).all() and recs["user_index"].nunique() == N_USERS
     # Never a training (or validation) item: the test fold's exclusion set.
     train, held = planted()
     seen = {(u, i) for u, i, _ in train} | {pair for n, pair in enumerate(held) if n % 2 == 0}
     assert not seen & set(zip(recs["user_index"], recs["item_index"]))
-    neural.save(spark, cfg, fitted, scored, n_users=N_USERS, n_items=N_ITEMS, metrics={})
+    model.save(spark, wh, config=cfg.to_dict(), n_users=N_USERS, n_items=N_ITEMS, metrics={})
     meta = artifacts.load_metadata(spark, wh, "neumf")
     assert meta["kind"] == artifacts.KIND_TORCH and meta["build_kwargs"] == kwargs
     assert artifacts.load_state_dict_bytes(spark, wh, "neumf") == blob

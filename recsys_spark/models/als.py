@@ -17,7 +17,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark.config import AlsConf
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX, WEIGHT
+from recsys_spark.models import fitted
+from recsys_spark.models.fitted import FittedModel
+from recsys_spark.schemas import FACTORS, ITEM_INDEX, USER_INDEX, WEIGHT
 
 
 @dataclass(frozen=True)
@@ -67,8 +69,8 @@ def fit(train: DataFrame, params: AlsParams, *, implicit_prefs: bool = True, see
 
 def factor_tables(model: ALSModel) -> tuple[DataFrame, DataFrame]:
     """(user_factors, item_factors) in the warehouse's factor-table shape."""
-    users = model.userFactors.select(F.col("id").cast("int").alias(USER_INDEX), F.col("features").alias("factors"))
-    items = model.itemFactors.select(F.col("id").cast("int").alias(ITEM_INDEX), F.col("features").alias("factors"))
+    users = model.userFactors.select(F.col("id").cast("int").alias(USER_INDEX), F.col("features").alias(FACTORS))
+    items = model.itemFactors.select(F.col("id").cast("int").alias(ITEM_INDEX), F.col("features").alias(FACTORS))
     return users, items
 
 
@@ -82,3 +84,10 @@ def search(
     with ThreadPoolExecutor(max_workers=max(1, parallelism)) as pool:
         scores = list(pool.map(score, candidates))
     return sorted(zip(candidates, scores), key=lambda pair: -pair[1])
+
+
+def fitted_model(spark, model: ALSModel, *, n_items: int, params: dict, name: str = "als") -> FittedModel:
+    """A fitted ALSModel as the project's :class:`FittedModel` (a dot-product model)."""
+    user_factors, item_factors = factor_tables(model)
+    return fitted.dot_product(spark, name, item_factors=item_factors, n_items=n_items,
+                              user_factors=user_factors, params=params)

@@ -15,8 +15,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 
 from recsys_spark import io
-from recsys_spark.schemas import ITEM_FACTORS, ITEM_INDEX, SCHEMA_VERSION, USER_FACTORS, USER_INDEX
-from recsys_spark.scoring.scorers import DotProductScorer, factor_matrix
+from recsys_spark.schemas import FACTORS, ITEM_FACTORS, SCHEMA_VERSION, USER_FACTORS
 
 KIND_DOT_PRODUCT = "dot_product"  # user_factors . item_factors
 KIND_ITEM_ITEM = "item_item"  # user history x item_item.npy (EASE's item-item matrix)
@@ -139,30 +138,10 @@ def read_item_factors(spark: SparkSession, warehouse: str, model: str) -> DataFr
     return io.read_table(spark, warehouse, ITEM_FACTORS, path=io.table_path(warehouse, ITEM_FACTORS, model=model))
 
 
-def item_matrix(item_factors: DataFrame, n_items: int) -> tuple[np.ndarray, np.ndarray]:
-    """Collect item vectors into a dense [n_items, rank] matrix (+ 'has a vector' mask).
-
-    The item side is collected on purpose: it is broadcast to every scoring task.
-    """
-    rows = [(r[ITEM_INDEX], r["factors"]) for r in item_factors.select(ITEM_INDEX, "factors").collect()]
-    rank = len(rows[0][1]) if rows else 1
-    return factor_matrix(rows, n_items, rank)
-
-
-def dot_product_scorer(spark: SparkSession, item_factors: DataFrame, n_items: int) -> DotProductScorer:
-    matrix, known = item_matrix(item_factors, n_items)
-    return DotProductScorer(spark, matrix, known)
-
-
 def factors_frame(spark: SparkSession, matrix: np.ndarray, index_col: str) -> DataFrame:
     """A factors table from a dense driver-side matrix (small models: popularity, EASE)."""
     rows = [(i, matrix[i].astype(float).tolist()) for i in range(matrix.shape[0])]
-    return spark.createDataFrame(rows, f"{index_col} int, factors array<float>")
-
-
-def users_with_factors(users: DataFrame, user_factors: DataFrame) -> DataFrame:
-    """Attach ``factors`` to ``users``; users without a vector are dropped (cold: handled by the caller)."""
-    return users.join(user_factors.select(USER_INDEX, "factors"), USER_INDEX)
+    return spark.createDataFrame(rows, f"{index_col} int, {FACTORS} array<float>")
 
 
 __all__ = [
@@ -171,10 +150,8 @@ __all__ = [
     "ITEM_ITEM_FILE",
     "KIND_TORCH",
     "MODEL_FILE",
-    "dot_product_scorer",
     "factors_frame",
     "item_item_path",
-    "item_matrix",
     "load_item_item",
     "load_metadata",
     "load_state_dict_bytes",
@@ -185,5 +162,4 @@ __all__ = [
     "save_metadata",
     "save_state_dict",
     "state_dict_path",
-    "users_with_factors",
 ]

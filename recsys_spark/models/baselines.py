@@ -22,6 +22,9 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import memory
+from recsys_spark.config import Config
+from recsys_spark.models import fitted
+from recsys_spark.models.fitted import FittedModel
 from recsys_spark.memory import MemoryBudgetError
 from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
 
@@ -179,3 +182,30 @@ def fit_ease(
     print(f"EASE: {n_items} items, {n_pairs} pairs: collected in {collected - started:.1f} s, "
           f"Gram matrix in {built - collected:.1f} s, inverse in {time.perf_counter() - built:.1f} s", flush=True)
     return b
+
+
+# --------------------------------------------------------------------------- the baselines as fitted models
+
+POPULARITY, POPULARITY_RECENT, EASE = "popularity", "popularity_recent", "ease"
+NAMES = (POPULARITY, POPULARITY_RECENT, EASE)
+
+
+def fit_popularity(spark, train: DataFrame, n_items: int, *, name: str = POPULARITY,
+                   recent_days: int | None = None) -> FittedModel:
+    """Popularity (all time, or ``recent_days`` before the latest training time) as a rank-1 model."""
+    params = {"recent_days": recent_days} if recent_days is not None else {}
+    return fitted.rank_one(spark, name, popularity_vector(train, n_items, recent_days=recent_days), params=params)
+
+
+def fit(spark, name: str, train: DataFrame, *, n_items: int, cfg: Config) -> FittedModel:
+    """Baseline ``name`` (one of :data:`NAMES`) fitted on ``train`` with ``cfg``'s settings."""
+    if name == EASE:
+        b = fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items,
+                     python_memory=cfg.spark.driver_python_memory_bytes)
+        # Written to a local file and shipped to executors: B is not kept on the driver.
+        return fitted.item_item(spark, name, matrix=b, params={"l2": cfg.ease.l2})
+    if name == POPULARITY_RECENT:
+        return fit_popularity(spark, train, n_items, name=name, recent_days=cfg.popularity.recent_days)
+    if name == POPULARITY:
+        return fit_popularity(spark, train, n_items)
+    raise ValueError(f"unknown baseline '{name}'; known: {', '.join(NAMES)}")

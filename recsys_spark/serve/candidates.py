@@ -8,30 +8,21 @@ with seen and excluded items masked.
 """
 from __future__ import annotations
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark.schemas import ITEM_ID, ITEM_INDEX, USER_INDEX
+from recsys_spark.models.fitted import FittedModel
+from recsys_spark.schemas import ITEM_ID, SOURCE, USER_INDEX
 from recsys_spark.scoring.blocked import top_k
+from recsys_spark.scoring.scorers import CatalogScorer
 
 SOURCE_MODEL = "model"
 
 SOURCE_FALLBACK = "popularity_fallback"
 
 SOURCES = (SOURCE_MODEL, SOURCE_FALLBACK)
-
-
-def user_histories_ordered(interactions: DataFrame) -> DataFrame:
-    """``user_index``, ``seen``: each user's items in time order (last interaction, then index).
-
-    Time order matters to models that read the most recent history; the
-    tie-break by index makes the array (and so the output) reproducible.
-    """
-    ordered = F.array_sort(F.collect_list(F.struct(F.col("last_time"), F.col(ITEM_INDEX))))
-    return interactions.groupBy(USER_INDEX).agg(ordered.alias("_h")).select(
-        USER_INDEX, F.col(f"_h.{ITEM_INDEX}").alias("seen")
-    )
 
 
 def assign_sources(
@@ -63,40 +54,36 @@ def assign_sources(
     )
 
 
-def with_unit_factors(users: DataFrame) -> DataFrame:
-    """Popularity as a rank-1 dot-product model: every user's vector is [1]."""
-    return users.withColumn("factors", F.array(F.lit(1.0).cast("float")))
-
-
 def candidates(
     users: DataFrame,
-    model_scorer,
-    fallback_scorer,
+    model: FittedModel,
+    fallback: FittedModel,
     *,
+    n_items: int,
     pool: int,
     exclude_seen: bool,
+    excluded: np.ndarray | None = None,
     batch_users: int = 512,
-    user_factors: DataFrame | None = None,
 ) -> DataFrame:
     """Each user's top ``pool`` items from their source, blocked scoring for both.
 
     Args:
         users: :func:`assign_sources` output.
-        model_scorer / fallback_scorer: :class:`CatalogScorer` s of the serving
-            model and of recent popularity (rank-1 dot product).
-        user_factors: joined to model users when the model is a dot product.
+        model / fallback: the serving model and the cold-start fallback (recent popularity).
+        n_items: today's catalog; items the model never saw score -inf.
+        excluded: [n_items] bool, items never to recommend.
 
     Returns:
         ``user_index``, ``item_index``, ``score``, ``rank``, ``source``.
     """
-    model_users = users.where(F.col("source") == SOURCE_MODEL)
-    if user_factors is not None:
-        model_users = model_users.join(user_factors.select(USER_INDEX, "factors"), USER_INDEX)
-    fallback_users = with_unit_factors(users.where(F.col("source") == SOURCE_FALLBACK))
+    spark = users.sparkSession
     common = dict(k=pool, exclude_seen=exclude_seen, batch_users=batch_users)
-    return top_k(model_users, model_scorer, **common).withColumn("source", F.lit(SOURCE_MODEL)).unionByName(
-        top_k(fallback_users, fallback_scorer, **common).withColumn("source", F.lit(SOURCE_FALLBACK))
-    )
+    pools = []
+    for source, served_by in ((SOURCE_MODEL, model), (SOURCE_FALLBACK, fallback)):
+        scorer = CatalogScorer(spark, served_by.scorer, n_items, excluded)
+        rows = served_by.prepare_users(users.where(F.col(SOURCE) == source))
+        pools.append(top_k(rows, scorer, **common).withColumn(SOURCE, F.lit(source)))
+    return pools[0].unionByName(pools[1])
 
 
 def read_exclusion_list(spark: SparkSession, path: str) -> DataFrame:

@@ -13,7 +13,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io
+from recsys_spark import io, tables
 from recsys_spark.config import Config, ConfigError, RecommendConf
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import (
@@ -26,13 +26,12 @@ from recsys_spark.schemas import (
     USER_INDEX,
     USER_INDEX_TABLE,
 )
-from recsys_spark.scoring.scorers import CatalogScorer, DotProductScorer
-from recsys_spark.serve.candidates import assign_sources, candidates, read_exclusion_list, user_histories_ordered
+from recsys_spark.serve.candidates import assign_sources, candidates, read_exclusion_list
 from recsys_spark.serve.checks import Checks, expected_counts
 from recsys_spark.serve.errors import RecommendError
 from recsys_spark.serve.publish import publish
 from recsys_spark.serve.rerank import PostProcessor, finalize, genre_matrix, normalise_rows
-from recsys_spark.serve.select import list_models, load_serving_model, select_model, validation_metric
+from recsys_spark.serve.select import list_models, load_model, select_model, validation_metric
 
 
 def check_conf(conf: RecommendConf) -> None:
@@ -101,12 +100,12 @@ def run(
     user_index = io.read_table(spark, wh, USER_INDEX_TABLE)
     item_index = io.read_table(spark, wh, ITEM_INDEX_TABLE)
     interactions = io.read_table(spark, wh, INTERACTIONS)
-    n_items = (item_index.agg(F.max(ITEM_INDEX)).first()[0] or -1) + 1
+    _, n_items = io.catalog_sizes(spark, wh)
     inputs = {t.name: _table_version(spark, wh, t, df)
               for t, df in ((USER_INDEX_TABLE, user_index), (ITEM_INDEX_TABLE, item_index),
                             (INTERACTIONS, interactions))}
 
-    serving = load_serving_model(spark, wh, name, n_items=n_items, history_length=cfg.neural.history_length)
+    serving = load_model(spark, wh, name, history_length=cfg.neural.history_length)
     inputs["model"] = {"path": io.model_dir(wh, name), "modified": io.modification_time(spark, io.model_dir(wh, name)),
                        "trained_at": meta.get("trained_at"), "kind": serving.kind}
 
@@ -123,20 +122,24 @@ def run(
 
     # Every stage below reads the users' histories and sources: computed once.
     users = assign_sources(
-        user_index, user_histories_ordered(interactions),
+        user_index, tables.user_histories(interactions),
         min_history=max(conf.min_history, serving.min_history),
         model_users=serving.user_factors, max_users=serving.max_users,
     ).cache()
 
-    pop = baselines.popularity_vector(interactions, n_items, recent_days=cfg.popularity.recent_days)[:, None]
-    fallback = CatalogScorer(spark, DotProductScorer(spark, pop, np.ones(n_items, dtype=bool)), n_items, excluded_mask)
-    model_scorer = CatalogScorer(spark, serving.scorer, n_items, excluded_mask)
+    fallback = baselines.fit_popularity(spark, interactions, n_items, name=baselines.POPULARITY_RECENT,
+                                        recent_days=cfg.popularity.recent_days)
     mmr = conf.mmr_lambda is not None
     pool = min(n_items, conf.n * conf.mmr_pool_factor) if mmr else conf.n
-    cands = candidates(users, model_scorer, fallback, pool=pool, exclude_seen=conf.exclude_seen,
-                       batch_users=cfg.evaluation.scoring_batch_users, user_factors=serving.user_factors)
+    cands = candidates(users, serving, fallback, n_items=n_items, pool=pool, exclude_seen=conf.exclude_seen,
+                       excluded=excluded_mask, batch_users=cfg.evaluation.scoring_batch_users)
 
-    unit = normalise_rows(serving.item_vectors) if serving.item_vectors is not None else None
+    unit = None
+    if serving.item_vectors is not None:  # zero rows for items the model never saw: they explain nothing
+        vectors = np.zeros((n_items, serving.item_vectors.shape[1]), dtype=np.float32)
+        known = min(n_items, len(serving.item_vectors))
+        vectors[:known] = serving.item_vectors[:known]
+        unit = normalise_rows(vectors)
     similarity, genres = None, None
     if mmr:
         similarity = conf.mmr_similarity
@@ -161,7 +164,7 @@ def run(
                              similarity=similarity or "embedding", genres=genres, item_item=item_item)
     recs = to_raw_ids(finalize(cands, users, post, n=conf.n), user_index, item_index, model=name)
 
-    model_ok = serving.scorable & ~(excluded_mask if excluded_mask is not None else False)
+    model_ok = serving.scorable(n_items) & ~(excluded_mask if excluded_mask is not None else False)
     fallback_ok = ~excluded_mask if excluded_mask is not None else np.ones(n_items, dtype=bool)
     expected = expected_counts(users, n=conf.n, exclude_seen=conf.exclude_seen,
                                model_available=model_ok, fallback_available=fallback_ok)

@@ -38,7 +38,8 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX, WEIGHT
+from recsys_spark import tables
+from recsys_spark.schemas import ITEM_INDEX, SEEN, USER_INDEX, WEIGHT
 
 PAIRS = "pairs"
 HISTORIES = "histories"
@@ -77,14 +78,10 @@ def user_histories(rows: DataFrame, *, n_items: int, history_length: int) -> Dat
     if history_length < 1:
         raise ValueError(f"neural.history_length must be at least 1, got {history_length}")
     L = int(history_length)
-    ordered = F.transform(
-        F.array_sort(F.collect_list(F.struct("last_time", ITEM_INDEX))), lambda s: s[ITEM_INDEX].cast("int")
-    )
-    recent = F.expr(f"slice(_h, greatest(size(_h) - {L} + 1, 1), {L})")
+    recent = F.expr(f"slice({SEEN}, greatest(size({SEEN}) - {L} + 1, 1), {L})")
     return (
-        rows.groupBy(USER_INDEX)
-        .agg(ordered.alias("_h"))
-        .select(F.col(USER_INDEX).cast("int").alias(USER_INDEX), recent.alias("_r"))
+        tables.user_histories(rows)
+        .select(USER_INDEX, recent.alias("_r"))
         .select(
             USER_INDEX,
             F.concat("_r", F.array_repeat(F.lit(int(n_items)), F.lit(L) - F.size("_r"))).alias("history"),

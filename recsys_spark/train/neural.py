@@ -1,18 +1,16 @@
-"""Training, scoring and saving a registered neural model: what ``jobs/train_neural.py`` calls.
+"""Training a registered neural model: what ``jobs/train_neural.py`` calls.
 
-* :func:`fit` — materialise the examples (:mod:`recsys_spark.train.data`), run
-  the loop in ``neural.num_processes`` processes (:mod:`recsys_spark.train.distributed`)
-  and return a :class:`FittedModel` (weights as bytes, per-epoch history).
-  Selection (``final=False``) trains on train with early stopping on the
-  validation fold; the refit (``final=True``) trains on train + validation
-  for a given number of epochs, without validation.
-* :func:`score_fold` — top-K for a held-out fold's warm users, through the
-  same blocked scorer as every other model: dot-product models as user and
-  item vectors (``artifacts.dot_product_scorer``), the others through
-  ``TorchModelScorer``.
-* :func:`save` — ``<warehouse>/models/<name>/``: factor tables (kind
-  ``dot_product``) or ``model.pt`` plus build arguments (kind ``torch``), and
-  ``metadata.json``.
+* :func:`fit` / :func:`fit_and_refit` — materialise the examples
+  (:mod:`recsys_spark.train.data`), run the loop in ``neural.num_processes``
+  processes (:mod:`recsys_spark.train.distributed`) and return a
+  :class:`TrainedNetwork` (weights as bytes, per-epoch history). Selection
+  (``final=False``) trains on train with early stopping on the validation
+  fold; the refit (``final=True``) trains on train + validation for a given
+  number of epochs, without validation.
+* :func:`fitted_model` — the network as the project's
+  :class:`~recsys_spark.models.fitted.FittedModel`: dot-product models as user
+  and item vectors, the others as weights scored by a forward pass.
+* :func:`train` — the whole stage: selection, refit, test scoring, save.
 """
 from __future__ import annotations
 
@@ -31,15 +29,16 @@ from pyspark.sql import functions as F
 from recsys_spark import io, memory, split
 from recsys_spark.evaluate import folds
 from recsys_spark.config import Config
-from recsys_spark.models import artifacts, registry
+from recsys_spark.models import artifacts, fitted, registry
+from recsys_spark.models.fitted import FittedModel
 from recsys_spark.schemas import ITEM_INDEX, ITEMS, USER_INDEX, WEIGHT
 from recsys_spark.train import checkpoint, data, distributed
 from recsys_spark.train.loop import TrainSettings
 
 
 @dataclass
-class FittedModel:
-    """A trained model as the driver holds it (rank 0's result)."""
+class TrainedNetwork:
+    """A trained network as the driver holds it (rank 0's result): weights, history, timings."""
 
     name: str
     build_kwargs: dict[str, Any]  # n_users, n_items, params
@@ -222,7 +221,7 @@ def fit(
     epochs: int | None = None,
     features: dict[str, np.ndarray] | None = None,
     model_class: type | None = None,
-) -> FittedModel:
+) -> TrainedNetwork:
     """Train model ``name`` on train (selection, early stopping on validation) or train + validation (refit).
 
     Args:
@@ -244,7 +243,7 @@ def fit_and_refit(
     n_items: int,
     features: dict[str, np.ndarray] | None = None,
     model_class: type | None = None,
-) -> tuple[FittedModel, FittedModel]:
+) -> tuple[TrainedNetwork, TrainedNetwork]:
     """Selection (train, early stopping on validation), then the refit on train + validation for the
     best epoch count, in one launch of the training processes.
 
@@ -319,7 +318,7 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
         phase_times = {"materialise_seconds": round(materialise_seconds[i], 1),
                        "train_seconds": round(train_s, 1), "validation_seconds": round(validation_s, 1),
                        "launch_and_setup_seconds": round(launch, 1) if i == 0 else 0.0}
-        fitted.append(FittedModel(
+        fitted.append(TrainedNetwork(
             name=name, build_kwargs=build_kwargs, state_dict=r["state_dict"], history=r["history"],
             best_epoch=r["best_epoch"], best_metric=r["best_metric"], epochs_run=r["epochs_run"],
             stopped_early=r["stopped_early"], resumed_from=r["resumed_from"],
@@ -332,15 +331,7 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
 # --------------------------------------------------------------------------- scoring
 
 
-def ordered_seen(train_rows: DataFrame) -> DataFrame:
-    """``user_index``, ``seen``: each user's training items in time order (what a history is cut from)."""
-    return train_rows.groupBy(USER_INDEX).agg(
-        F.transform(F.array_sort(F.collect_list(F.struct("last_time", ITEM_INDEX))),
-                    lambda s: s[ITEM_INDEX]).alias("seen")
-    )
-
-
-def user_factor_table(spark: SparkSession, fitted: FittedModel, train_rows: DataFrame, *,
+def user_factor_table(spark: SparkSession, fitted: TrainedNetwork, train_rows: DataFrame, *,
                       history_length: int, batch_users: int = 1024) -> DataFrame:
     """``user_index``, ``factors``: a dot-product model's user vectors for every user with training rows.
 
@@ -369,7 +360,7 @@ def user_factor_table(spark: SparkSession, fitted: FittedModel, train_rows: Data
     return histories.mapInPandas(run, f"{USER_INDEX} int, factors array<float>")
 
 
-def item_factor_table(spark: SparkSession, fitted: FittedModel) -> DataFrame:
+def item_factor_table(spark: SparkSession, fitted: TrainedNetwork) -> DataFrame:
     """``item_index``, ``factors``: the item vectors (computed once on the driver: the item
     side is broadcast to every scoring task anyway)."""
     import torch
@@ -379,73 +370,78 @@ def item_factor_table(spark: SparkSession, fitted: FittedModel) -> DataFrame:
     return artifacts.factors_frame(spark, matrix, ITEM_INDEX)
 
 
-def score_fold(spark: SparkSession, cfg: Config, split_rows: DataFrame, fitted: FittedModel, fold: str
-               ) -> dict[str, Any]:
-    """Top-K of ``fold``'s warm users (training items excluded) from ``fitted``.
+def fitted_model(spark: SparkSession, cfg: Config, trained: TrainedNetwork, train_rows: DataFrame) -> FittedModel:
+    """The trained network as the project's :class:`FittedModel`.
 
-    Returns:
-        ``recs`` (the ``eval_recs`` shape) and, for dot-product models,
-        ``user_factors`` / ``item_factors`` (what :func:`save` writes).
+    Dot-product models become user and item vectors (the user side computed
+    in Spark tasks from ``train_rows``, the histories the vectors are read
+    from); the others keep their weights and score by a forward pass.
     """
-    train = split.training_rows(split_rows, final=fold == folds.FINAL_FOLD)
-    n_items = fitted.build_kwargs["n_items"]
-    out: dict[str, Any] = {}
-    if fitted.cls.dot_product:
-        out["user_factors"] = user_factor_table(spark, fitted, train, history_length=cfg.neural.history_length)
-        out["item_factors"] = item_factor_table(spark, fitted)
-        scorer = artifacts.dot_product_scorer(spark, out["item_factors"], n_items)
-        users = artifacts.users_with_factors(folds.fold_users(split_rows, fold), out["user_factors"])
-    else:
-        from recsys_spark.scoring.torch_model import TorchModelScorer
-
-        scorer = TorchModelScorer(spark, fitted.name, fitted.state_dict, fitted.torch_build_kwargs(),
-                                  history_length=cfg.neural.history_length)
-        # ``seen`` in time order: the scorer cuts the model's history from its end.
-        users = folds.fold_users(split_rows, fold).drop("seen").join(ordered_seen(train), USER_INDEX, "left")
-    out["recs"] = folds.score_fold(users, scorer, cfg)
-    return out
-
-
-# --------------------------------------------------------------------------- saving
-
-
-def save(spark: SparkSession, cfg: Config, fitted: FittedModel, scored: dict[str, Any], *,
-         n_users: int, n_items: int, metrics: dict[str, Any], extra: dict[str, Any] | None = None) -> dict:
-    """Write ``<warehouse>/models/<name>/``: vectors or ``model.pt``, then ``metadata.json``."""
-    wh, name = cfg.warehouse, fitted.name
-    if fitted.cls.dot_product:
-        kind = artifacts.KIND_DOT_PRODUCT
-        artifacts.save_factors(wh, name, user_factors=scored["user_factors"], item_factors=scored["item_factors"])
-    else:
-        kind = artifacts.KIND_TORCH
-        artifacts.save_state_dict(spark, wh, name, fitted.state_dict)
-    meta_extra = {
-        "build_kwargs": fitted.build_kwargs,
-        "item_features": sorted(fitted.item_features or {}),
+    cls, n_items = trained.cls, trained.build_kwargs["n_items"]
+    metadata = {
+        "build_kwargs": trained.build_kwargs,
+        "item_features": sorted(trained.item_features or {}),
         "history_length": cfg.neural.history_length,
-        "input_kind": fitted.cls.input_kind,
-        "needs_history": fitted.cls.needs_history,
-        "epochs": fitted.epochs_run,
-        "history": fitted.history,
-        **(extra or {}),
+        "input_kind": cls.input_kind,
+        "needs_history": cls.needs_history,
+        "epochs": trained.epochs_run,
+        "history": trained.history,
     }
-    if kind == artifacts.KIND_TORCH:
-        meta_extra["state_dict_file"] = artifacts.MODEL_FILE
-    params = {**fitted.cls.default_params, **fitted.build_kwargs["params"]}
-    return artifacts.save_metadata(spark, wh, name, kind=kind, params=params, config=cfg.to_dict(),
-                                   n_users=n_users, n_items=n_items, metrics=metrics, extra=meta_extra)
+    params = {**cls.default_params, **trained.build_kwargs["params"]}
+    if cls.dot_product:
+        return fitted.dot_product(
+            spark, trained.name, n_items=n_items, params=params, metadata=metadata,
+            user_factors=user_factor_table(spark, trained, train_rows, history_length=cfg.neural.history_length),
+            item_factors=item_factor_table(spark, trained),
+        )
+    metadata["state_dict_file"] = artifacts.MODEL_FILE
+    return fitted.torch_model(spark, trained.name, cls, state_dict=trained.state_dict,
+                              build_kwargs=trained.torch_build_kwargs(), history_length=cfg.neural.history_length,
+                              params=params, metadata=metadata)
+
+
+# --------------------------------------------------------------------------- the training stage
+
+
+def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, name: str, *, n_users: int,
+          n_items: int) -> dict:
+    """Select (early stopping on validation), refit on train + validation, score test and save model ``name``.
+
+    Returns the job's report. ``cfg`` is already ``cfg.for_neural_model(name)``.
+    """
+    nc, primary = cfg.neural, cfg.evaluation.primary_metric
+    features = item_features(spark, cfg.warehouse, n_items)
+    sizes = dict(n_users=n_users, n_items=n_items, features=features)
+    if nc.refit:  # both fits in one launch of the training processes
+        selected, final = fit_and_refit(spark, cfg, split_rows, name, **sizes)
+    else:
+        selected = final = fit(spark, cfg, split_rows, name, final=False, **sizes)
+    selection_model = fitted_model(spark, cfg, selected, split.training_rows(split_rows, final=False))
+    validation = folds.validation_metrics(selection_model, split_rows, n_items, cfg)
+    best_epochs = selected.best_epoch + 1
+    final_model = fitted_model(spark, cfg, final, split.training_rows(split_rows, final=True))
+    folds.finish(spark, cfg, final_model, split_rows, n_users=n_users, n_items=n_items, validation=validation,
+                 extra={"best_epoch": best_epochs, "refit": nc.refit, "selection_history": selected.history,
+                        "selection_seconds": selected.seconds, "refit_seconds": final.seconds})
+    clear_checkpoints(cfg, name)
+    return {"model": name, f"{primary}_validation": validation[primary],
+            f"{primary}_validation_in_trainer": selected.best_metric, "best_epoch": best_epochs,
+            "stopped_early": selected.stopped_early, "processes": nc.num_processes,
+            "use_gpu": selected.extra["use_gpu"], "selection_seconds": round(selected.seconds, 1),
+            "refit_seconds": round(final.seconds, 1) if nc.refit else 0.0,
+            "selection_phases": selected.extra["phases"],
+            "refit_phases": final.extra["phases"] if nc.refit else None}
 
 
 __all__ = [
-    "FittedModel",
+    "TrainedNetwork",
     "clear_checkpoints",
     "fit",
     "fit_and_refit",
+    "fitted_model",
     "item_factor_table",
     "item_features",
-    "ordered_seen",
-    "save",
-    "score_fold",
     "takes_item_features",
+    "train",
     "user_factor_table",
 ]

@@ -165,3 +165,43 @@ def test_primary_metrics_are_the_ones_the_trainer_computes():
     from recsys_spark.train.local_metrics import METRICS
 
     assert set(PRIMARY_METRICS) == set(METRICS)
+
+
+# --------------------------------------------------------------------------- one set of defaults
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping stays a value."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _differences(written: dict, defaults: dict) -> list[str]:
+    a, b = _flat(written), _flat(defaults)
+    return [f"{k}: file {a.get(k, '(absent)')!r}, code {b.get(k, '(absent)')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, KeyError) != b.get(k, KeyError)]
+
+
+def test_base_yaml_states_exactly_the_code_defaults():
+    """conf/base.yaml writes out the dataclass defaults with their comments: every key of one is a key of
+    the other, with the same value. The dataset section is each dataset file's; the generator's section
+    is written out in the synthetic dataset's file."""
+    from recsys_spark.config import CONF_DIR, Config, _read_yaml
+
+    defaults = Config().to_dict()
+    base = _read_yaml(CONF_DIR / "base.yaml")
+    assert not _differences(base, {k: v for k, v in defaults.items() if k not in ("dataset", "synthetic")})
+    synthetic = _read_yaml(CONF_DIR / "datasets" / "synthetic.yaml")["synthetic"]
+    assert not _differences(synthetic, defaults["synthetic"])
+
+
+def test_the_defaults_comparison_sees_a_drift():
+    assert _differences({"neural": {"epochs": 20, "per_model": {}}}, {"neural": {"epochs": 20}}) == [
+        "neural.per_model: file {}, code '(absent)'"]
+    assert _differences({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == [
+        "a.b: file 1, code 2", "a.c: file '(absent)', code 3"]

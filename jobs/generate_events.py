@@ -2,8 +2,10 @@
 
     scripts/submit.sh jobs/generate_events.py --dataset synthetic [--set synthetic.num_events=10000000]
 
-Writes JSON lines partitioned by date to `synthetic.output` and a ground-truth
-manifest (`_manifest.json` there: dirty rows per kind, bots, expected counts).
+Writes JSON lines partitioned by date to `dataset.source.path` (where
+clean_events reads them; the dataset must describe the generator's format) and
+a ground-truth manifest (`_manifest.json` there: dirty rows per kind, bots,
+expected counts).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from recsys_spark.session import build_spark
 
 
 def add_args(parser) -> None:
-    parser.add_argument("--output", default=None, help="output directory (default: synthetic.output)")
+    parser.add_argument("--output", default=None, help="output directory (default: dataset.source.path)")
 
 
 def main(argv=None) -> dict:

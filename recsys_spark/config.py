@@ -50,7 +50,9 @@ CANONICAL_EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rating")
 # also computes per epoch (train/local_metrics.METRICS; a test keeps them equal).
 PRIMARY_METRICS = ("ndcg", "recall", "precision", "hit_rate")
 # Keys that existed once: naming one says what replaced it.
-REMOVED_KEYS: dict[str, str] = {}
+REMOVED_KEYS = {
+    "synthetic.output": "the generator writes to dataset.source.path, the path the clean job reads; set that",
+}
 
 
 def _parse_size(text) -> int:
@@ -221,6 +223,8 @@ class DatasetConf:
 
 @dataclass(config=_SECTION)
 class SyntheticConf:
+    """The generator (jobs/generate_events.py); it writes the log to ``dataset.source.path``."""
+
     seed: Int = 42
     num_users: Count = 20_000
     num_items: Count = 5_000
@@ -238,7 +242,6 @@ class SyntheticConf:
     bot_events_each: NonNegativeInt = 600
     partitions: Count = 8
     gzip: Bool = False
-    output: Text = "data/synthetic/events"
 
 
 @dataclass(config=_SECTION)

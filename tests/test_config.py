@@ -205,3 +205,25 @@ def test_the_defaults_comparison_sees_a_drift():
         "neural.per_model: file {}, code '(absent)'"]
     assert _differences({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == [
         "a.b: file 1, code 2", "a.c: file '(absent)', code 3"]
+
+
+# --------------------------------------------------------------------------- the generator's output
+
+
+def test_synthetic_output_is_gone_and_says_where_to_write(tmp_path):
+    with pytest.raises(ConfigError, match=r"synthetic\.output.*removed.*dataset\.source\.path"):
+        load_config(dataset="synthetic", overrides=["synthetic.output=data/x"])
+    old = tmp_path / "old.yaml"
+    old.write_text("synthetic:\n  output: data/x\n")
+    with pytest.raises(ConfigError, match=rf"{old}.*synthetic\.output.*dataset\.source\.path"):
+        load_config([old], dataset="synthetic")
+
+
+def test_the_generator_writes_where_the_clean_job_reads():
+    from recsys_spark import synthetic
+
+    cfg = load_config(dataset="synthetic", overrides=["dataset.source.path=/tmp/elsewhere"])
+    assert synthetic.output_path(cfg) == cfg.dataset.source.path == "/tmp/elsewhere"
+    # Another dataset's source is its data, not a place for a synthetic log.
+    with pytest.raises(ConfigError, match=r"dataset\.source\.path.*movielens-100k.*not a log in the generator"):
+        synthetic.output_path(load_config(dataset="movielens-100k"))

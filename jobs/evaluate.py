@@ -14,7 +14,7 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from recsys_spark import evaluate, io, model_eval, split
-from recsys_spark.cli import parse_job_args
+from recsys_spark.cli import job_main, parse_job_args
 from recsys_spark.config import run_date
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import SPLIT, USER_INDEX
@@ -43,6 +43,7 @@ def cold_start_report(spark, split_rows, n_items, cfg) -> dict:
     return report
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--models", default=None, help="comma-separated models (default: every model with test recs)"))
@@ -51,7 +52,7 @@ def main(argv=None) -> dict:
     models = args.models.split(",") if args.models else [
         m for m in io.list_dir(spark, f"{wh}/eval_recs") if not m.startswith((".", "_"))]
     if not models:
-        raise SystemExit(f"evaluate: no model has test recommendations under {wh}/eval_recs; train one first")
+        raise FileNotFoundError(f"no model has test recommendations under {wh}/eval_recs; train one first")
     split_rows = io.read_table(spark, wh, SPLIT).cache()
     _, n_items = model_eval.catalog_sizes(spark, wh)
     protocol = io.read_json(spark, f"{wh}/split/_split.json")

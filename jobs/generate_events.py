@@ -10,7 +10,7 @@ expected counts).
 from __future__ import annotations
 
 from recsys_spark import synthetic
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.session import build_spark
 
 
@@ -18,6 +18,7 @@ def add_args(parser) -> None:
     parser.add_argument("--output", default=None, help="output directory (default: dataset.source.path)")
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, add_args)
     spark = build_spark(cfg, "generate_events")

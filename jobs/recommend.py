@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 
 from recsys_spark import recommend
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.config import run_date
 from recsys_spark.session import build_spark
 
@@ -25,6 +25,7 @@ EXIT_REFUSED = 3
 EXIT_INVALID = 4
 
 
+@job_main
 def main(argv=None) -> dict:
     def add_args(parser):
         parser.add_argument("--force", action="store_true",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from recsys_spark import io, model_eval, split
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.models import als, artifacts
 from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark
@@ -26,6 +26,7 @@ def score_model(spark, model, split_rows, fold, n_items, cfg):
     return model_eval.score_fold(users, scorer, cfg), user_factors, item_factors
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv)
     spark = build_spark(cfg, "train_als")

@@ -12,7 +12,7 @@ import numpy as np
 from pyspark.sql import functions as F
 
 from recsys_spark import io, model_eval, split
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import ITEM_INDEX, SPLIT, USER_INDEX
 from recsys_spark.scoring import DotProductScorer, ItemItemScorer
@@ -36,6 +36,7 @@ def with_unit_factors(users):
     return users.withColumn("factors", F.array(F.lit(1.0).cast("float")))
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--models", default="popularity,popularity_recent,ease", help="comma-separated baselines to fit"))

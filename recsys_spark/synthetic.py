@@ -575,7 +575,7 @@ def write_events(spark: SparkSession, cfg: Config, *, output: str | None = None)
     out = output or output_path(cfg)
     threshold = cfg.clean.bot.max_events_per_minute
     if conf.bot_users and conf.bot_events_each * 60_000 // BOT_WINDOW_MS <= threshold:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic.bot_events_each={conf.bot_events_each} in {BOT_WINDOW_MS // 1000} s is not above "
             f"clean.bot.max_events_per_minute={threshold}: the bots would not be bots"
         )

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tables
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.config import run_date
 from recsys_spark.schemas import (
     EVENTS_CLEAN,
@@ -53,6 +53,7 @@ def previous_index(spark, warehouse, table):
     return io.read_table(spark, warehouse, table) if io.path_exists(spark, io.table_path(warehouse, table)) else None
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv)
     spark = build_spark(cfg, "build_tables")

@@ -4,18 +4,18 @@
 
 Writes `events_clean` (by event_date), `quarantine` (by reason),
 `quarantined_files` (source files it could not read, left out of the run) and
-the run report `<warehouse>/reports/clean_events/<run_id>.json`; fails (exit 1,
-one line on stderr) when the source is missing, holds no readable file or does
-not match its config, when a file cannot be read and
-`clean.on_unreadable_file` is `fail`, and when
-input rows != clean + duplicates + quarantined.
+the run report `<warehouse>/reports/clean_events/<run_id>.json`. Exits 2 (one
+line on stderr) when the source is missing or the config is bad; fails (exit
+1, one line on stderr) when the source holds no readable file or does not
+match its config, when a file cannot be read and `clean.on_unreadable_file` is
+`fail`, and when input rows != clean + duplicates + quarantined.
 """
 from __future__ import annotations
 
 import sys
 
 from recsys_spark.ingest import cleaning, sources
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.session import build_spark
 
 
@@ -28,12 +28,13 @@ def add_args(parser) -> None:
     parser.add_argument("--run-id", default=None, help="names the report (default: UTC time + random suffix)")
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, add_args)
     spark = build_spark(cfg, "clean_events")
     try:
         report = cleaning.run_clean(spark, cfg, reference_time=args.reference_time, run_id=args.run_id)
-    except (FileNotFoundError, sources.SourceError, cleaning.ReconciliationError) as exc:
+    except (sources.SourceError, cleaning.ReconciliationError) as exc:
         print(f"clean_events: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
     print_report("clean_events", report)

@@ -11,13 +11,14 @@ recent-popularity fallback every model serves them (_cold_start.json).
 from __future__ import annotations
 
 from recsys_spark import io
-from recsys_spark.cli import parse_job_args
+from recsys_spark.cli import job_main, parse_job_args
 from recsys_spark.config import run_date
 from recsys_spark.evaluate import folds, ranking
 from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--models", default=None, help="comma-separated models (default: every model with test recs)"))
@@ -26,7 +27,7 @@ def main(argv=None) -> dict:
     models = args.models.split(",") if args.models else [
         m for m in io.list_dir(spark, io.eval_recs_root(wh)) if not io.is_hidden(m)]
     if not models:
-        raise SystemExit(f"evaluate: no model has test recommendations under {io.eval_recs_root(wh)}; train one first")
+        raise FileNotFoundError(f"no model has test recommendations under {io.eval_recs_root(wh)}; train one first")
     split_rows = io.read_table(spark, wh, SPLIT).cache()
     _, n_items = io.catalog_sizes(spark, wh)
     protocol = io.read_json(spark, io.split_protocol_path(wh))

@@ -17,14 +17,15 @@ from __future__ import annotations
 import sys
 
 from recsys_spark.serve import errors, recommend
-from recsys_spark.cli import parse_job_args, print_report
-from recsys_spark.config import ConfigError, run_date
+from recsys_spark.cli import job_main, parse_job_args, print_report
+from recsys_spark.config import run_date
 from recsys_spark.session import build_spark
 
 EXIT_REFUSED = 3
 EXIT_INVALID = 4
 
 
+@job_main
 def main(argv=None) -> dict:
     def add_args(parser):
         parser.add_argument("--force", action="store_true",
@@ -34,11 +35,6 @@ def main(argv=None) -> dict:
                                  "folder; scripts/pipeline.sh passes the models this run trained)")
 
     args, cfg = parse_job_args(__doc__, argv, add_args)
-    try:
-        recommend.check_conf(cfg.recommend)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
     spark = build_spark(cfg, "recommend")
     day = run_date(cfg)
     try:

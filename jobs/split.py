@@ -5,12 +5,13 @@
 from __future__ import annotations
 
 from recsys_spark import io, split
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.config import run_date
 from recsys_spark.schemas import EVENTS_CLEAN, INTERACTIONS, ITEM_INDEX_TABLE, SPLIT, USER_INDEX_TABLE
 from recsys_spark.session import build_spark
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv)
     spark = build_spark(cfg, "split")

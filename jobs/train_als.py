@@ -8,12 +8,13 @@ scores) to <warehouse>/models/als/ and test top-K to <warehouse>/eval_recs/als/t
 from __future__ import annotations
 
 from recsys_spark import io
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark
 from recsys_spark.train import als
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv)
     spark = build_spark(cfg, "train_als")

@@ -9,13 +9,14 @@ refitted on train + validation and scored on test; vectors and metadata go to
 from __future__ import annotations
 
 from recsys_spark import io
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.models import baselines
 from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark
 from recsys_spark.train import baselines as train_baselines
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--models", default=",".join(baselines.NAMES), help="comma-separated baselines to fit"))

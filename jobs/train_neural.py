@@ -11,17 +11,18 @@ top-K to <warehouse>/eval_recs/<name>/test for jobs/evaluate.py.
 from __future__ import annotations
 
 from recsys_spark import io
-from recsys_spark.cli import parse_job_args, print_report
+from recsys_spark.cli import job_main, parse_job_args, print_report
 from recsys_spark.models import registry
 from recsys_spark.schemas import SPLIT
 from recsys_spark.session import build_spark, run_job
 from recsys_spark.train import neural
 
 
+@job_main
 def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--model", required=True, help=f"registered neural model: {', '.join(registry.names())}"))
-    registry.get(args.model)  # an unknown name fails before any Spark work
+    registry.get(args.model)  # an unknown name fails before any Spark work (exit 2, job_main)
     cfg = cfg.for_neural_model(args.model)  # neural.per_model.<name> over neural.*
     spark = build_spark(cfg, f"train_neural_{args.model}")
     # Cached: both phases and both scorings read it.

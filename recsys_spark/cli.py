@@ -1,12 +1,51 @@
-"""What every job entry point shares: flags, config loading, the session, a report line."""
+"""What every job entry point shares: flags, config loading, user errors as exit 2, a report line."""
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 from recsys_spark.config import Config, ConfigError, add_config_args, config_from_args
+from recsys_spark.errors import UserError
+
+# A job's exit status (docs/operations.md, "Exit codes"); recommend adds its own 3 and 4.
+EXIT_OK, EXIT_FAILED, EXIT_USER_ERROR = 0, 1, 2
+# The mistakes a user fixes: a config value, an unknown name (UserError), a missing input
+# table or file (the project's FileNotFoundErrors name the path and the stage that writes it).
+USER_ERRORS = (UserError, FileNotFoundError)
+
+
+def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a job's ``main(argv)``: a user's mistake ends it with exit status 2 and one line on stderr.
+
+    ``<job>: <what is wrong>`` (``<job>: config error: ...`` for a config
+    value) instead of a traceback; any other error propagates (a traceback,
+    exit status 1). On ``main`` itself, so every way a job runs gets the same
+    status: spark-submit (``__main__``, also through ``session.run_job``), the
+    one-driver pipeline, which calls ``main(argv)`` and records a ``SystemExit``'s
+    code, and tests.
+    """
+    job = Path(main.__code__.co_filename).stem
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> Any:
+        try:
+            return main(argv)
+        except USER_ERRORS as exc:
+            print(f"{job}: {'config error: ' if isinstance(exc, ConfigError) else ''}{_one_line(exc)}",
+                  file=sys.stderr)
+            raise SystemExit(EXIT_USER_ERROR) from None
+
+    return wrapper
+
+
+def _one_line(exc: BaseException) -> str:
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str() quotes it
+    return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(exc).__name__
 
 
 def parse_job_args(
@@ -14,18 +53,13 @@ def parse_job_args(
     argv: list[str] | None = None,
     add_args: Callable[[argparse.ArgumentParser], None] | None = None,
 ) -> tuple[argparse.Namespace, Config]:
-    """Parse the shared config flags plus a job's own; exit 2 on a malformed config."""
+    """Parse the shared config flags plus a job's own and load the config (ConfigError: see :func:`job_main`)."""
     parser = argparse.ArgumentParser(description=description)
     add_config_args(parser)
     if add_args:
         add_args(parser)
     args = parser.parse_args(argv)
-    try:
-        cfg = config_from_args(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return args, cfg
+    return args, config_from_args(args)
 
 
 def print_report(title: str, report: dict) -> None:

@@ -1,27 +1,58 @@
 """Typed configuration: defaults < conf files < ``--set key=value`` overrides.
 
-Every section is a dataclass, so a key that does not exist or a value of the
-wrong type fails at start with a message naming the key and the file it came
-from. Values from ``--set`` are parsed as YAML scalars (never ``eval``).
-The resolved config is written beside each job's output (``to_dict``).
+Every section is a pydantic dataclass (a standard dataclass whose fields
+pydantic checks as it is built), so when the config loads, before any Spark
+work, a key that does not exist, a value of the wrong type, a choice outside
+its enumeration (``split.protocol``, ``neural.use_gpu``, ...) or a number
+outside the range where it can work fails with one message naming the key,
+what it allows and the file or ``--set`` it came from. Each layer is checked
+on its own (so the message names the right file); the checks that tie keys
+together (a weight for every event type, the primary metric's k among
+``evaluation.ks``) run once, on the merged result. Values from ``--set`` are
+parsed as YAML scalars (never ``eval``). The resolved config is written beside
+each job's output (``to_dict``).
+
+The defaults below are the values ``conf/base.yaml`` (and the synthetic
+dataset's file, for ``synthetic``) write out with their comments;
+``tests/test_config.py`` keeps the two equal.
 """
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.dataclasses import dataclass
 
+from recsys_spark.errors import UserError
 from recsys_spark.schemas import EVENT_TYPES
 
 # RECSYS_CONF_DIR: where conf/ is when the package is imported from elsewhere,
 # e.g. the zip that scripts/submit.sh ships with --py-files (set by submit.sh).
 CONF_DIR = Path(os.environ.get("RECSYS_CONF_DIR") or Path(__file__).resolve().parents[1] / "conf")
+# The metrics evaluation.primary_metric may name: the ones the neural trainer
+# also computes per epoch (train/local_metrics.METRICS; a test keeps them equal).
+PRIMARY_METRICS = ("ndcg", "recall", "precision", "hit_rate")
+# Keys that existed once: naming one says what replaced it.
+REMOVED_KEYS = {
+    "synthetic.output": "the generator writes to dataset.source.path, the path the clean job reads; set that",
+}
 
 
 def _parse_size(text) -> int:
@@ -30,250 +61,331 @@ def _parse_size(text) -> int:
     return parse_size(text)
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override is malformed; the message names the key."""
 
 
-@dataclass
+# --------------------------------------------------------------------------- value types
+# Field types say what a value may be; pydantic checks them as a section is built.
+# Numbers and booleans are strict: "3", 3.5 or true for a count is an error, not a guess.
+
+
+def _number_as_text(value: Any) -> Any:
+    """YAML reads ``spark.cores.max: 2`` as a number; a text setting keeps its text."""
+    return str(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _bool_as_text(value: Any) -> Any:
+    """``use_gpu: true`` (a YAML boolean) means the choice "true"."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+def _memory_size(value: str) -> str:
+    try:
+        _parse_size(value)
+    except ValueError:
+        raise ValueError("must be a memory size such as 512m or 2g") from None
+    return value
+
+
+def _iso_date(value: str) -> str:
+    try:
+        dt.date.fromisoformat(value)
+    except ValueError:
+        raise ValueError("must be a date, YYYY-MM-DD") from None
+    return value
+
+
+def _iso_time(value: str) -> str:
+    try:
+        dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError("must be an ISO 8601 time, e.g. 1995-01-01T00:00:00") from None
+    return value
+
+
+def _primary_metric(value: str) -> str:
+    base, sep, k = value.rpartition("_at_")
+    if not sep or base not in PRIMARY_METRICS or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"must be <metric>_at_<k> with metric one of {', '.join(PRIMARY_METRICS)}")
+    return value
+
+
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # an integer is taken as a float
+Bool = Annotated[bool, Strict()]
+Text = Annotated[str, BeforeValidator(_number_as_text)]
+Count = Annotated[int, Strict(), Field(ge=1)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+NonNegative = Annotated[float, Strict(), Field(ge=0.0)]
+Positive = Annotated[float, Strict(), Field(gt=0.0)]
+Share = Annotated[float, Strict(), Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Strict(), Field(gt=0.0, lt=1.0)]  # a part of a whole that leaves some over
+Port = Annotated[int, Strict(), Field(ge=1, le=65535)]
+MemorySize = Annotated[str, BeforeValidator(_number_as_text), AfterValidator(_memory_size)]  # 512m, 2g
+Date = Annotated[str, AfterValidator(_iso_date)]
+Time = Annotated[str, AfterValidator(_iso_time)]
+
+SourceFormat = Literal["json", "csv", "parquet"]
+TimestampFormat = Literal["iso8601", "epoch_s", "epoch_ms"]
+ItemsFormat = Literal["csv", "parquet"]
+OnUnreadableFile = Literal["quarantine", "fail"]
+SplitProtocol = Literal["temporal", "leave_last_n", "random"]
+UseGpu = Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_as_text)]
+NegativeSampling = Literal["uniform", "popularity"]
+MmrSimilarity = Literal["auto", "embedding", "genres"]
+PrimaryMetric = Annotated[str, AfterValidator(_primary_metric)]
+
+# Unknown keys are an error; everything else is checked by the field types.
+_SECTION = ConfigDict(extra="forbid")
+
+
+@dataclass(config=_SECTION)
 class SparkConf:
-    app_name: str = "recsys-spark"
+    app_name: Text = "recsys-spark"
     # Used only when spark-submit did not give a master (tests, plain python).
-    master: str = "local[2]"
+    master: Text = "local[2]"
     # 2 cores here: a few partitions per core keeps tasks short without
     # drowning small data in scheduling overhead.
-    shuffle_partitions: int = 4
-    driver_memory: str = "2g"
+    shuffle_partitions: Count = 4
+    driver_memory: MemorySize = "2g"
     # A cap on what one catalog-wide step (EASE's item x item matrix) plans to
     # hold in the Python driver; None: the memory the machine and the process's
     # cgroup/rlimit have available when the step starts (recsys_spark.memory).
-    driver_python_memory: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
+    driver_python_memory: MemorySize | None = None
+    extra: dict[str, Text] = field(default_factory=dict)
 
     @property
     def driver_python_memory_bytes(self) -> int | None:
         return None if self.driver_python_memory is None else _parse_size(self.driver_python_memory)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ClusterConf:
     """The local standalone cluster started by scripts/cluster.sh."""
 
-    host: str = "127.0.0.1"  # loopback only: nothing outside this machine reaches it
-    master_port: int = 7077
-    master_webui_port: int = 8080
-    worker_webui_port: int = 8081
-    worker_cores: int = 2
-    worker_memory: str = "6g"
-    executor_memory: str = "2g"
-    run_dir: str = "run/cluster"  # pid files, logs, the auth secret (0600)
+    host: Text = "127.0.0.1"  # loopback only (scripts/cluster.sh refuses others)
+    master_port: Port = 7077
+    master_webui_port: Port = 8080
+    worker_webui_port: Port = 8081
+    worker_cores: Count = 2
+    worker_memory: MemorySize = "6g"
+    executor_memory: MemorySize = "2g"
+    run_dir: Text = "run/cluster"  # pid files, logs, the auth secret (0600)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ColumnMap:
     """Source column name for each canonical event field (None: absent)."""
 
-    user_id: str = "user_id"
-    item_id: str = "item_id"
-    event_type: str | None = "event_type"
-    timestamp: str = "timestamp"
-    event_id: str | None = None
-    value: str | None = None
-    session_id: str | None = None
+    user_id: Text = "user_id"
+    item_id: Text = "item_id"
+    event_type: Text | None = "event_type"
+    timestamp: Text = "timestamp"
+    event_id: Text | None = None
+    value: Text | None = None
+    session_id: Text | None = None
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SourceConf:
-    path: str = ""
-    format: str = "json"  # json | csv | parquet
-    csv_header: bool = True
-    csv_delimiter: str = ","
+    path: Text = ""
+    format: SourceFormat = "json"
+    csv_header: Bool = True
+    csv_delimiter: Text = ","
     columns: ColumnMap = field(default_factory=ColumnMap)
-    timestamp_format: str = "iso8601"  # iso8601 | epoch_s | epoch_ms
+    timestamp_format: TimestampFormat = "iso8601"
     # For sources without an event type column (MovieLens rows are ratings).
-    fixed_event_type: str | None = None
+    fixed_event_type: Text | None = None
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class ItemMetadataConf:
-    path: str | None = None
-    format: str = "csv"
-    csv_header: bool = True
-    csv_delimiter: str = ","
-    item_id: str = "item_id"
-    title: str | None = "title"
-    year: str | None = "year"
-    genres: str | None = "genres"
-    genres_delimiter: str = "|"
+    path: Text | None = None
+    format: ItemsFormat = "csv"
+    csv_header: Bool = True
+    csv_delimiter: Text = ","
+    item_id: Text = "item_id"
+    title: Text | None = "title"
+    year: Text | None = "year"
+    genres: Text | None = "genres"
+    genres_delimiter: Text = "|"
     # With year: null, take the year from a title ending in "(YYYY)" (MovieLens' catalogs).
-    year_from_title: bool = False
+    year_from_title: Bool = False
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class DatasetConf:
-    name: str = "synthetic"
+    name: Text = "synthetic"
     source: SourceConf = field(default_factory=SourceConf)
     items: ItemMetadataConf = field(default_factory=ItemMetadataConf)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SyntheticConf:
-    seed: int = 42
-    num_users: int = 20_000
-    num_items: int = 5_000
-    num_events: int = 1_000_000
-    days: int = 60
-    start_date: str = "2026-01-01"
+    """The generator (jobs/generate_events.py); it writes the log to ``dataset.source.path``."""
+
+    seed: Int = 42
+    num_users: Count = 20_000
+    num_items: Count = 5_000
+    num_events: Count = 1_000_000
+    days: Count = 60
+    start_date: Date = "2026-01-01"
     # Number of latent taste clusters: what a recommender can learn.
-    num_clusters: int = 20
+    num_clusters: Count = 20
     # Probability that an event follows the user's taste rather than global popularity.
-    taste_strength: float = 0.8
-    popularity_exponent: float = 1.1
-    activity_exponent: float = 1.3
-    dirty_share: float = 0.02
-    bot_users: int = 3
-    bot_events_each: int = 600
-    partitions: int = 8
-    gzip: bool = False
-    output: str = "data/synthetic/events"
+    taste_strength: Share = 0.8
+    popularity_exponent: Positive = 1.1
+    activity_exponent: Positive = 1.3
+    dirty_share: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.02
+    bot_users: NonNegativeInt = 3
+    bot_events_each: NonNegativeInt = 600
+    partitions: Count = 8
+    gzip: Bool = False
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class BotRule:
     # A user with more events than this inside any single minute is a bot.
-    max_events_per_minute: int = 120
+    max_events_per_minute: Count = 120
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class CleanConf:
-    event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
-    min_timestamp: str = "1995-01-01T00:00:00"
+    event_types: Annotated[list[Text], Field(min_length=1)] = field(
+        default_factory=lambda: list(EVENT_TYPES))
+    min_timestamp: Time = "1995-01-01T00:00:00"
     # Events more than this far past the run's reference time are quarantined.
-    max_future_hours: int = 24
-    rating_min: float = 0.0
-    rating_max: float = 5.0
+    max_future_hours: NonNegativeInt = 24
+    rating_min: Float = 0.0
+    rating_max: Float = 5.0
     # A record (JSON line) longer than this is quarantined as record_too_long, unparsed.
-    max_record_bytes: int = 65_536
+    max_record_bytes: Count = 65_536
     # An id (event, user, item, session) longer than this is quarantined as id_too_long.
-    max_id_length: int = 256
+    max_id_length: Count = 256
     # A source file that cannot be read: quarantine (skip it, list it) or fail the run.
-    on_unreadable_file: str = "quarantine"
+    on_unreadable_file: OnUnreadableFile = "quarantine"
     bot: BotRule = field(default_factory=BotRule)
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class TablesConf:
-    event_weights: dict[str, float] = field(
+    event_weights: dict[str, Float] = field(
         default_factory=lambda: {"view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0}
     )
     # Rating events contribute their value (the latest one) instead of a fixed weight.
-    rating_value_as_weight: bool = True
-    min_user_interactions: int = 1
-    min_item_interactions: int = 1
+    rating_value_as_weight: Bool = True
+    min_user_interactions: Count = 1
+    min_item_interactions: Count = 1
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class SplitConf:
     # temporal: global time cutoffs on events (no leakage across them);
     # leave_last_n: each user's last n interactions; random: seeded per-user
     # stratified split (the protocol of Microsoft Recommenders' ml-100k table).
-    protocol: str = "temporal"
-    test_fraction: float = 0.1  # temporal: last share of the time span is test
-    validation_fraction: float = 0.1  # temporal: the slice before it is validation
-    leave_n: int = 1
-    train_ratio: float = 0.75  # random: share of each user's interactions in train
-    validation_ratio: float = 0.1  # random: share of each user's train part held out for validation
-    seed: int = 42
+    protocol: SplitProtocol = "temporal"
+    test_fraction: Fraction = 0.1  # temporal: last share of the time span is test
+    validation_fraction: Fraction = 0.1  # temporal: the slice before it is validation
+    leave_n: Count = 1
+    train_ratio: Fraction = 0.75  # random: share of each user's interactions in train
+    validation_ratio: Fraction = 0.1  # random: share of each user's train part held out for validation
+    seed: Int = 42
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class EvaluationConf:
-    ks: list[int] = field(default_factory=lambda: [10, 20, 50])
-    # The metric that picks hyperparameters, stops training and gates publishing.
-    primary_metric: str = "ndcg_at_10"
+    ks: Annotated[list[Count], Field(min_length=1)] = field(default_factory=lambda: [10, 20, 50])
+    # The metric that picks hyperparameters, stops training and gates publishing:
+    # <metric>_at_<k>, k one of ks.
+    primary_metric: PrimaryMetric = "ndcg_at_10"
     # Rank the whole catalog minus the items the user had in training.
-    exclude_seen: bool = True
+    exclude_seen: Bool = True
     # Rows of users scored per torch matmul in the blocked scorer.
-    scoring_batch_users: int = 512
+    scoring_batch_users: Count = 512
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class PopularityConf:
-    recent_days: int = 14  # the "recent" popularity baseline looks back this far from the train cutoff
+    recent_days: Count = 14  # the "recent" popularity baseline looks back this far from the train cutoff
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class EaseConf:
-    l2: float = 250.0
+    l2: Positive = 250.0
     # B (the Gram matrix, inverted in place) is dense on the driver: items^2 x 4 bytes.
-    max_items: int = 20_000
+    max_items: Count = 20_000
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class AlsConf:
     # The grid searched on the validation split; the best is refitted on train+validation.
-    ranks: list[int] = field(default_factory=lambda: [32, 64])
-    reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
-    alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
-    max_iters: list[int] = field(default_factory=lambda: [15])
+    ranks: Annotated[list[Count], Field(min_length=1)] = field(default_factory=lambda: [32, 64])
+    reg_params: Annotated[list[NonNegative], Field(min_length=1)] = field(default_factory=lambda: [0.01, 0.1])
+    alphas: Annotated[list[NonNegative], Field(min_length=1)] = field(default_factory=lambda: [1.0, 10.0])
+    max_iters: Annotated[list[Count], Field(min_length=1)] = field(default_factory=lambda: [15])
     # Candidate fits run as concurrent Spark jobs.
-    parallelism: int = 2
-    implicit_prefs: bool = True
-    seed: int = 42
+    parallelism: Count = 2
+    implicit_prefs: Bool = True
+    seed: Int = 42
     # ALS's user and item blocks (each block a task per iteration); null: the
     # cluster's task slots (Spark's own default, 10, is a dozen tiny tasks a
     # step on a 2-core machine, and too few on a big cluster).
-    num_blocks: int | None = None
+    num_blocks: Count | None = None
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class NeuralConf:
     """The Petastorm-fed DDP trainer (jobs/train_neural.py)."""
 
-    num_processes: int = 2  # TorchDistributor processes (one per GPU when GPUs are used)
-    use_gpu: str = "auto"  # auto: GPUs when the cluster has them; "true" / "false" force it
-    epochs: int = 20
-    patience: int = 3  # early stopping: epochs without a better validation metric
-    batch_size: int = 1024
-    learning_rate: float = 0.001
-    weight_decay: float = 0.0
-    negative_sampling: str = "uniform"  # uniform | popularity
-    negatives_per_positive: int = 4
-    history_length: int = 50  # cap on each user's history (most recent items)
-    cache_dir: str = "run/petastorm"  # Petastorm's materialisation dir, deleted after the run
-    checkpoint_dir: str = "run/checkpoints"  # per-epoch checkpoints (rank 0); a rerun resumes, success clears
-    seed: int = 42
-    refit: bool = True  # refit on train + validation for the early-stopped number of epochs
-    mixed_precision: bool = True  # autocast on GPU only
-    max_steps_per_epoch: int | None = None  # bounds Petastorm's endless loader; None: one pass
-    # Per-model hyperparameters over each model's defaults, e.g. {neumf: {embedding_dim: 32}}.
+    num_processes: Count = 2  # TorchDistributor processes (one per GPU when GPUs are used)
+    use_gpu: UseGpu = "auto"  # auto: GPUs when the cluster has them; true / false force it
+    epochs: Count = 20
+    patience: Count = 3  # early stopping: epochs without a better validation metric
+    batch_size: Count = 1024
+    learning_rate: Positive = 0.001
+    weight_decay: NonNegative = 0.0
+    negative_sampling: NegativeSampling = "uniform"
+    negatives_per_positive: Count = 4
+    history_length: Count = 50  # cap on each user's history (most recent items)
+    cache_dir: Text = "run/petastorm"  # Petastorm's materialisation dir, deleted after the run
+    checkpoint_dir: Text = "run/checkpoints"  # per-epoch checkpoints (rank 0); a rerun resumes, success clears
+    seed: Int = 42
+    refit: Bool = True  # refit on train + validation for the early-stopped number of epochs
+    mixed_precision: Bool = True  # autocast on GPU only
+    max_steps_per_epoch: Count | None = None  # bounds Petastorm's endless loader; None: one pass
+    # Per-model hyperparameters over each model's defaults (its class's default_params),
+    # e.g. {neumf: {embedding_dim: 32}}; checked when the model is built.
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Per-model trainer settings over the ones above, e.g. {multvae: {batch_size: 64}}:
     # a model with one example per user sees far fewer examples per epoch than a
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
-    per_model: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_model: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
+    )
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class RecommendConf:
     """The published top-N (jobs/recommend.py)."""
 
-    n: int = 50
-    model: str | None = None  # null / "best": the best on validation evaluation.primary_metric
-    exclude_seen: bool = True  # never recommend items already in the user's interactions
-    min_history: int = 1  # users with fewer interactions get the recent-popularity fallback
-    mmr_lambda: float | None = None  # MMR diversity re-ranking: 1 = relevance only; null = off
-    mmr_similarity: str = "auto"  # embedding (cosine) | genres (Jaccard) | auto (embedding, else genres)
-    mmr_pool_factor: int = 3  # MMR re-ranks the top pool_factor x n candidates
-    exclude_items_path: str | None = None  # CSV (header) or Parquet with item_id: never recommended
-    keep_runs: int = 7  # run_date directories kept; older ones are deleted
-    max_metric_drop: float = 0.1  # refuse when the validation metric is this share below the last run's
-    min_coverage: float = 0.01  # refuse when under this share of the catalog is recommended to anyone
+    n: Count = 50
+    model: Text | None = None  # null / "best": the best on validation evaluation.primary_metric
+    exclude_seen: Bool = True  # never recommend items already in the user's interactions
+    min_history: NonNegativeInt = 1  # users with fewer interactions get the recent-popularity fallback
+    mmr_lambda: Share | None = None  # MMR diversity re-ranking: 1 = relevance only; null = off
+    mmr_similarity: MmrSimilarity = "auto"  # embedding (cosine) | genres (Jaccard) | auto (embedding, else genres)
+    mmr_pool_factor: Count = 3  # MMR re-ranks the top pool_factor x n candidates
+    exclude_items_path: Text | None = None  # CSV (header) or Parquet with item_id: never recommended
+    keep_runs: Count = 7  # run_date directories kept; older ones are deleted
+    max_metric_drop: Share = 0.1  # refuse when the validation metric is this share below the last run's
+    min_coverage: Share = 0.01  # refuse when under this share of the catalog is recommended to anyone
 
 
-@dataclass
+@dataclass(config=_SECTION)
 class Config:
-    warehouse: str = "warehouse"
-    run_date: str | None = None  # YYYY-MM-DD; None means today (UTC)
+    warehouse: Text = "warehouse"
+    run_date: Date | None = None  # YYYY-MM-DD; None means today (UTC)
     spark: SparkConf = field(default_factory=SparkConf)
     cluster: ClusterConf = field(default_factory=ClusterConf)
     dataset: DatasetConf = field(default_factory=DatasetConf)
@@ -288,6 +400,29 @@ class Config:
     neural: NeuralConf = field(default_factory=NeuralConf)
     recommend: RecommendConf = field(default_factory=RecommendConf)
 
+    @model_validator(mode="after")
+    def _keys_together(self, info: ValidationInfo) -> "Config":
+        """What no single key can check. Skipped for one layer (a later one may complete it), run on the result."""
+        if (info.context or {}).get("layer"):
+            return self
+        src, clean = self.dataset.source, self.clean
+        if src.columns.event_type is None and src.fixed_event_type is None:
+            raise ValueError("dataset.source: set columns.event_type or fixed_event_type")
+        if src.fixed_event_type is not None and src.fixed_event_type not in clean.event_types:
+            raise ValueError(f"dataset.source.fixed_event_type '{src.fixed_event_type}' is not in clean.event_types")
+        missing = [t for t in clean.event_types if t not in self.tables.event_weights]
+        if missing:
+            raise ValueError(f"tables.event_weights: no weight for event type '{missing[0]}' (clean.event_types)")
+        if clean.rating_min > clean.rating_max:
+            raise ValueError(f"clean.rating_min {clean.rating_min} is above clean.rating_max {clean.rating_max}")
+        if self.split.test_fraction + self.split.validation_fraction >= 1.0:
+            raise ValueError("split.test_fraction + split.validation_fraction must be below 1")
+        k = int(self.evaluation.primary_metric.rpartition("_at_")[2])
+        if k not in self.evaluation.ks:
+            raise ValueError(f"evaluation.primary_metric '{self.evaluation.primary_metric}': k={k} is not one of "
+                             f"evaluation.ks {self.evaluation.ks}")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -300,67 +435,51 @@ class Config:
         if nested:
             raise ConfigError(f"neural.per_model.{name}: '{nested[0]}' cannot be set per model")
         merged = {**dataclasses.asdict(self.neural), **overrides}
-        neural = _build(NeuralConf, merged, "neural", f"neural.per_model.{name}")
+        neural = _build(NeuralConf, merged, f"neural.per_model.{name}", prefix=("neural",))
         return dataclasses.replace(self, neural=neural)
 
 
 # --------------------------------------------------------------------------- loading
 
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp))
+_ADAPTERS: dict[type, TypeAdapter] = {}
 
 
-def _coerce(value: Any, tp: Any, key: str, origin: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; build nested dataclasses."""
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{origin}: key '{key}' must be a mapping, got {type(value).__name__}")
-        return _build(tp, value, key, origin)
-    args = typing.get_args(tp)
-    org = typing.get_origin(tp)
-    if org in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        non_none = [a for a in args if a is not type(None)]
-        return _coerce(value, non_none[0], key, origin)
-    if org is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{origin}: key '{key}' must be a list, got {value!r}")
-        return [_coerce(v, args[0], f"{key}[{i}]", origin) for i, v in enumerate(value)]
-    if org is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{origin}: key '{key}' must be a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1], f"{key}.{k}", origin) for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if tp in (int, float, bool, str):
-        if type(value) is not tp:
-            raise ConfigError(
-                f"{origin}: key '{key}' must be {_type_name(tp)}, got {value!r} ({type(value).__name__})"
-            )
-        return value
-    return value
+def _build(cls: type, data: dict[str, Any], origin: str, *, prefix: tuple = (), layer: bool = False) -> Any:
+    """``cls`` (a section, or the whole Config) from ``data``; ConfigError naming ``origin`` and the key."""
+    adapter = _ADAPTERS.setdefault(cls, TypeAdapter(cls))
+    try:
+        return adapter.validate_python(data, context={"layer": layer})
+    except ValidationError as exc:
+        errors = exc.errors()
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(_describe(errors[0], origin, cls, prefix) + more) from None
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str, origin: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        where = f"{prefix}." if prefix else ""
-        raise ConfigError(
-            f"{origin}: unknown key '{where}{unknown[0]}' (known keys here: {', '.join(sorted(names))})"
-        )
-    kwargs = {}
-    for name, value in data.items():
-        key = f"{prefix}.{name}" if prefix else name
-        kwargs[name] = _coerce(value, hints[name], key, origin)
-    return cls(**kwargs)
+def _describe(error: dict, origin: str, cls: type, prefix: tuple) -> str:
+    """One pydantic error as a line that names the key, what it allows and what it got."""
+    loc = (*prefix, *error["loc"])
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    kind, message = error["type"], error["msg"].removeprefix("Value error, ")
+    if kind == "unexpected_keyword_argument":
+        if key in REMOVED_KEYS:
+            return f"{origin}: key '{key}' was removed: {REMOVED_KEYS[key]}"
+        known = ", ".join(f.name for f in dataclasses.fields(_section_at(cls, error["loc"][:-1])))
+        return f"{origin}: unknown key '{key}' (known keys here: {known})"
+    if not error["loc"] and not prefix:  # a check of keys together: its message names them
+        return f"{origin}: {message}"
+    value = error.get("input")
+    message = message.replace("Input should be", "should be")
+    message = message[:1].lower() + message[1:]
+    if message.startswith("should be a dictionary or an instance of"):
+        message = "should be a mapping of its keys"
+    return f"{origin}: key '{key}' {message}, got {value!r} ({type(value).__name__})"
+
+
+def _section_at(cls: type, loc: tuple) -> type:
+    """The dataclass at ``loc`` (field names) below ``cls``."""
+    for name in loc:
+        cls = typing.get_type_hints(cls)[name]
+    return cls
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -437,9 +556,9 @@ def load_config(
         layers.append((str(f), _read_yaml(Path(f))))
     merged: dict[str, Any] = {}
     for origin, data in layers:
-        # Validate each layer on its own so that errors name the right file.
-        _build(Config, _merge(merged, data), "", origin)
+        # Each layer is checked as it is added, so that an error names the file it is in.
         merged = _merge(merged, data)
+        _build(Config, merged, origin, layer=True)
     for item in overrides or []:
         keys, value = _parse_override(item)
         layer: dict[str, Any] = {}
@@ -447,66 +566,13 @@ def load_config(
         for k in keys[:-1]:
             cursor = cursor.setdefault(k, {})
         cursor[keys[-1]] = value
-        _build(Config, _merge(merged, layer), "", f"--set {item}")
         merged = _merge(merged, layer)
-    cfg = _build(Config, merged, "", "config")
-    _check_values(cfg)
-    return cfg
-
-
-def _check_values(cfg: Config) -> None:
-    src = cfg.dataset.source
-    if src.format not in ("json", "csv", "parquet"):
-        raise ConfigError(f"dataset.source.format must be json, csv or parquet, got '{src.format}'")
-    if src.timestamp_format not in ("iso8601", "epoch_s", "epoch_ms"):
-        raise ConfigError(
-            f"dataset.source.timestamp_format must be iso8601, epoch_s or epoch_ms, got '{src.timestamp_format}'"
-        )
-    if src.columns.event_type is None and src.fixed_event_type is None:
-        raise ConfigError("dataset.source: set columns.event_type or fixed_event_type")
-    if src.fixed_event_type is not None and src.fixed_event_type not in cfg.clean.event_types:
-        raise ConfigError(
-            f"dataset.source.fixed_event_type '{src.fixed_event_type}' is not in clean.event_types"
-        )
-    if cfg.clean.on_unreadable_file not in ("quarantine", "fail"):
-        raise ConfigError(
-            f"clean.on_unreadable_file must be quarantine or fail, got '{cfg.clean.on_unreadable_file}'"
-        )
-    for key in ("max_record_bytes", "max_id_length"):
-        if getattr(cfg.clean, key) < 1:
-            raise ConfigError(f"clean.{key} must be a positive integer")
-    missing = [t for t in cfg.clean.event_types if t not in cfg.tables.event_weights]
-    if missing:
-        raise ConfigError(f"tables.event_weights: no weight for event type '{missing[0]}'")
-    if cfg.split.protocol not in ("temporal", "leave_last_n", "random"):
-        raise ConfigError(f"split.protocol must be temporal, leave_last_n or random, got '{cfg.split.protocol}'")
-    if cfg.split.test_fraction + cfg.split.validation_fraction >= 1.0:
-        raise ConfigError("split.test_fraction + split.validation_fraction must be below 1")
-    if not cfg.evaluation.ks or min(cfg.evaluation.ks) < 1:
-        raise ConfigError("evaluation.ks must be a non-empty list of positive integers")
-    if not 0.0 <= cfg.synthetic.dirty_share < 1.0:
-        raise ConfigError("synthetic.dirty_share must be in [0, 1)")
-    for key, size in (("spark.driver_memory", cfg.spark.driver_memory),
-                      ("spark.driver_python_memory", cfg.spark.driver_python_memory),
-                      ("cluster.executor_memory", cfg.cluster.executor_memory)):
-        try:
-            if size is not None:
-                _parse_size(size)
-        except ValueError as exc:
-            raise ConfigError(f"{key}: {exc}") from None
-    if cfg.run_date is not None:
-        import datetime as _dt
-
-        try:
-            _dt.date.fromisoformat(cfg.run_date)
-        except ValueError:
-            raise ConfigError(f"run_date must be YYYY-MM-DD, got '{cfg.run_date}'") from None
+        _build(Config, merged, f"--set {item}", layer=True)
+    return _build(Config, merged, "config")
 
 
 def run_date(cfg: Config) -> str:
-    import datetime as _dt
-
-    return cfg.run_date or _dt.datetime.now(_dt.timezone.utc).date().isoformat()
+    return cfg.run_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
 
 
 def add_config_args(parser) -> None:

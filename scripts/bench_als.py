@@ -77,7 +77,7 @@ def main() -> None:
     overrides = [f"warehouse={wh}", f"split.protocol={args.protocol}"]
     if args.dataset == "synthetic":
         data = f"{wh}/raw"
-        overrides += [f"synthetic.output={data}", f"dataset.source.path={data}", f"synthetic.num_events={args.events}"]
+        overrides += [f"dataset.source.path={data}", f"synthetic.num_events={args.events}"]
     common = ["--dataset", args.dataset] + [arg for o in overrides for arg in ("--set", o)]
     cfg = load_config(dataset=args.dataset, overrides=overrides)
     spark = build_spark(cfg, "bench_als")

@@ -199,11 +199,10 @@ def main() -> None:
             data, wh = work / f"events-{size}", work / f"wh-{size}"
             # The generator scales users and items with the log so activity stays realistic.
             common = ["--dataset", "synthetic", "--warehouse", str(wh),
-                      "--set", f"synthetic.num_events={size}", "--set", f"synthetic.output={data}",
+                      "--set", f"synthetic.num_events={size}", "--set", f"dataset.source.path={data}",
                       "--set", f"synthetic.num_users={max(20_000, size // 50)}",
                       "--set", f"synthetic.num_items={max(5_000, size // 200)}",
-                      "--set", f"synthetic.partitions={max(8, size // 250_000)}",
-                      "--set", f"dataset.source.path={data}"]
+                      "--set", f"synthetic.partitions={max(8, size // 250_000)}"]
             generate_s = submit("jobs/generate_events.py", common, env)
             with TreeSampler() as spark_mem:
                 clean_s = submit("jobs/clean_events.py", common, env)

@@ -99,7 +99,7 @@ def run_size(events: int, users: int, items: int, args) -> dict:
     root = Path(args.work) / f"events{events}"
     raw, wh, logs = root / "raw", root / "wh", root / "logs"
     sets = [f"synthetic.num_events={events}", f"synthetic.num_users={users}", f"synthetic.num_items={items}",
-            f"synthetic.output={raw}", f"dataset.source.path={raw}", f"synthetic.partitions={args.partitions}",
+            f"dataset.source.path={raw}", f"synthetic.partitions={args.partitions}",
             *args.set]
     argv = ["--dataset", "synthetic", "--warehouse", str(wh)]
     for s in sets:

@@ -34,7 +34,7 @@ def synthetic_job_argv(root: Path, overrides: list[str]) -> tuple[list[str], Pat
     """Job arguments for a synthetic log under ``root``/raw and a warehouse at ``root``/wh."""
     raw, wh = root / "raw", root / "wh"
     argv = ["--dataset", "synthetic", "--warehouse", str(wh)]
-    for o in [*overrides, f"synthetic.output={raw}", f"dataset.source.path={raw}"]:
+    for o in [*overrides, f"dataset.source.path={raw}"]:
         argv += ["--set", o]
     return argv, raw, wh
 

@@ -333,12 +333,12 @@ def test_reference_time_decides_the_future(spark, cleaned, tmp_path):
     assert report["reconciles"] is True and report["input_rows"] == cleaned["report"]["input_rows"]
 
 
-def test_missing_source_fails_naming_the_path(spark, tmp_path, capsys):
+def test_missing_source_exits_2_naming_the_path(spark, tmp_path, capsys):
     missing = tmp_path / "no-such-dir"
     argv = ["--dataset", "synthetic", "--warehouse", str(tmp_path / "wh"), "--set", f"dataset.source.path={missing}"]
     with pytest.raises(SystemExit) as exit_info:
         job("clean_events").main(argv)
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2  # a missing input: the user's to fix (docs/operations.md, "Exit codes")
     assert str(missing) in capsys.readouterr().err
     assert not (tmp_path / "wh").exists()  # nothing written
 

@@ -72,3 +72,158 @@ def test_per_model_trainer_settings_apply_to_that_model_only():
     wrong_type = load_config(overrides=["neural.per_model={multvae: {batch_size: many}}"])
     with pytest.raises(ConfigError, match="batch_size"):
         wrong_type.for_neural_model("multvae")
+
+
+# --------------------------------------------------------------------------- typed choices and ranges
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        # Each names the key and, for a choice, every allowed value.
+        ("neural.use_gpu=maybe", r"neural\.use_gpu.*'auto', 'true' or 'false'.*maybe"),
+        ("neural.negative_sampling=pop", r"neural\.negative_sampling.*'uniform' or 'popularity'"),
+        ("split.protocol=sideways", r"split\.protocol.*'temporal', 'leave_last_n' or 'random'"),
+        ("dataset.source.timestamp_format=epoch_us", r"dataset\.source\.timestamp_format.*'epoch_ms'"),
+        ("dataset.items.format=json", r"dataset\.items\.format.*'csv' or 'parquet'"),
+        ("clean.on_unreadable_file=skip", r"clean\.on_unreadable_file.*'quarantine' or 'fail'"),
+        ("recommend.mmr_similarity=cosine", r"recommend\.mmr_similarity.*'auto', 'embedding' or 'genres'"),
+        ("evaluation.primary_metric=ndcg10", r"evaluation\.primary_metric.*<metric>_at_<k>.*ndcg, recall"),
+        ("evaluation.primary_metric=map_at_10", r"evaluation\.primary_metric"),  # the trainer cannot stop on map
+        ("evaluation.primary_metric=ndcg_at_5", r"evaluation\.primary_metric.*k=5.*evaluation\.ks"),
+        ("split.test_fraction=1.5", r"split\.test_fraction"),
+        ("split.validation_fraction=0", r"split\.validation_fraction"),
+        ("recommend.mmr_lambda=1.2", r"recommend\.mmr_lambda"),
+        ("recommend.min_coverage=-0.1", r"recommend\.min_coverage"),
+        ("recommend.n=0", r"recommend\.n\b"),
+        ("neural.epochs=0", r"neural\.epochs"),
+        ("neural.epochs=2.5", r"neural\.epochs"),
+        ("neural.epochs='3'", r"neural\.epochs"),  # text is not a number
+        ("neural.refit=yes please", r"neural\.refit"),
+        ("als.ranks=[16, 0]", r"als\.ranks\[1\]"),
+        ("evaluation.ks=[]", r"evaluation\.ks"),
+        ("cluster.master_port=70000", r"cluster\.master_port"),
+        ("cluster.worker_memory=lots", r"cluster\.worker_memory.*memory size"),
+        ("synthetic.start_date=soon", r"synthetic\.start_date"),
+        ("clean.min_timestamp=yesterday", r"clean\.min_timestamp"),
+        ("clean.rating_min=6", r"clean\.rating_min.*clean\.rating_max"),
+    ],
+)
+def test_choices_and_ranges_are_checked_at_load(override, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(overrides=[override])
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("neural.use_gpu=true", "true"),  # a YAML boolean, as docs and base.yaml write it
+        ("neural.use_gpu=false", "false"),
+        ("neural.use_gpu='true'", "true"),  # quoted: the text
+        ("neural.use_gpu=auto", "auto"),
+    ],
+)
+def test_use_gpu_takes_true_false_and_auto(override, expected):
+    assert load_config(overrides=[override]).neural.use_gpu == expected
+
+
+def test_accepted_values_keep_their_types():
+    cfg = load_config(overrides=[
+        "neural.negative_sampling=popularity", "split.protocol=leave_last_n", "recommend.mmr_similarity=genres",
+        "evaluation.primary_metric=hit_rate_at_20", "recommend.mmr_lambda=1", "spark.extra={spark.cores.max: 2}",
+        "ease.l2=100",
+    ])
+    assert (cfg.neural.negative_sampling, cfg.split.protocol, cfg.recommend.mmr_similarity) == (
+        "popularity", "leave_last_n", "genres")
+    assert cfg.evaluation.primary_metric == "hit_rate_at_20"
+    assert cfg.recommend.mmr_lambda == 1.0 and isinstance(cfg.recommend.mmr_lambda, float)
+    assert cfg.ease.l2 == 100.0 and isinstance(cfg.ease.l2, float)
+    assert cfg.spark.extra == {"spark.cores.max": "2"}  # Spark properties are text
+
+
+def test_keys_checked_together_may_be_completed_by_a_later_layer():
+    """A check that ties two keys runs on the result, not on each --set in turn."""
+    cfg = load_config(overrides=["evaluation.ks=[5]", "evaluation.primary_metric=recall_at_5"])
+    assert cfg.evaluation.primary_metric == "recall_at_5"
+    with pytest.raises(ConfigError, match=r"evaluation\.primary_metric"):
+        load_config(overrides=["evaluation.ks=[5]"])
+
+
+def test_sections_are_still_dataclasses():
+    """Callers use dataclasses.asdict / replace on sections (the manifest, the sweep); replace checks too."""
+    import dataclasses
+
+    cfg = load_config()
+    assert dataclasses.asdict(cfg.neural)["epochs"] == cfg.neural.epochs == cfg.to_dict()["neural"]["epochs"]
+    assert dataclasses.replace(cfg.neural, epochs=3).epochs == 3
+    with pytest.raises(ValueError):
+        dataclasses.replace(cfg.neural, negative_sampling="pop")
+
+
+def test_primary_metrics_are_the_ones_the_trainer_computes():
+    from recsys_spark.config import PRIMARY_METRICS
+    from recsys_spark.train.local_metrics import METRICS
+
+    assert set(PRIMARY_METRICS) == set(METRICS)
+
+
+# --------------------------------------------------------------------------- one set of defaults
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; an empty mapping stays a value."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _differences(written: dict, defaults: dict) -> list[str]:
+    a, b = _flat(written), _flat(defaults)
+    return [f"{k}: file {a.get(k, '(absent)')!r}, code {b.get(k, '(absent)')!r}"
+            for k in sorted(set(a) | set(b)) if a.get(k, KeyError) != b.get(k, KeyError)]
+
+
+def test_base_yaml_states_exactly_the_code_defaults():
+    """conf/base.yaml writes out the dataclass defaults with their comments: every key of one is a key of
+    the other, with the same value. The dataset section is each dataset file's; the generator's section
+    is written out in the synthetic dataset's file."""
+    from recsys_spark.config import CONF_DIR, Config, _read_yaml
+
+    defaults = Config().to_dict()
+    base = _read_yaml(CONF_DIR / "base.yaml")
+    assert not _differences(base, {k: v for k, v in defaults.items() if k not in ("dataset", "synthetic")})
+    synthetic = _read_yaml(CONF_DIR / "datasets" / "synthetic.yaml")["synthetic"]
+    assert not _differences(synthetic, defaults["synthetic"])
+
+
+def test_the_defaults_comparison_sees_a_drift():
+    assert _differences({"neural": {"epochs": 20, "per_model": {}}}, {"neural": {"epochs": 20}}) == [
+        "neural.per_model: file {}, code '(absent)'"]
+    assert _differences({"a": {"b": 1}}, {"a": {"b": 2, "c": 3}}) == [
+        "a.b: file 1, code 2", "a.c: file '(absent)', code 3"]
+
+
+# --------------------------------------------------------------------------- the generator's output
+
+
+def test_synthetic_output_is_gone_and_says_where_to_write(tmp_path):
+    with pytest.raises(ConfigError, match=r"synthetic\.output.*removed.*dataset\.source\.path"):
+        load_config(dataset="synthetic", overrides=["synthetic.output=data/x"])
+    old = tmp_path / "old.yaml"
+    old.write_text("synthetic:\n  output: data/x\n")
+    with pytest.raises(ConfigError, match=rf"{old}.*synthetic\.output.*dataset\.source\.path"):
+        load_config([old], dataset="synthetic")
+
+
+def test_the_generator_writes_where_the_clean_job_reads():
+    from recsys_spark.ingest import synthetic
+
+    cfg = load_config(dataset="synthetic", overrides=["dataset.source.path=/tmp/elsewhere"])
+    assert synthetic.output_path(cfg) == cfg.dataset.source.path == "/tmp/elsewhere"
+    # Another dataset's source is its data, not a place for a synthetic log.
+    with pytest.raises(ConfigError, match=r"dataset\.source\.path.*movielens-100k.*not a log in the generator"):
+        synthetic.output_path(load_config(dataset="movielens-100k"))

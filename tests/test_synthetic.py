@@ -21,7 +21,7 @@ ISO_MS_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
 
 def tiny_config(out: Path, *extra: str):
-    return load_config(dataset="synthetic", overrides=[*TINY, f"synthetic.output={out}", *extra])
+    return load_config(dataset="synthetic", overrides=[*TINY, f"dataset.source.path={out}", *extra])
 
 
 def read_files(out: Path) -> dict[str, bytes]:

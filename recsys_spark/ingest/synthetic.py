@@ -56,7 +56,7 @@ from recsys_spark.schemas import (
     REASON_TOO_OLD,
     REASON_UNKNOWN_TYPE,
 )
-from recsys_spark.config import Config, SyntheticConf
+from recsys_spark.config import Config, ConfigError, SyntheticConf
 
 # Raw source column names; conf/datasets/synthetic.yaml maps them.
 RAW_COLUMNS = ("eid", "uid", "iid", "type", "ts", "val", "sid")
@@ -542,20 +542,40 @@ def generate_events(spark: SparkSession, conf: SyntheticConf) -> DataFrame:
     return blocks.mapInPandas(body, _OUT_SCHEMA)
 
 
+def output_path(cfg: Config) -> str:
+    """``dataset.source.path``, when the dataset describes a log in the generator's format.
+
+    Raises:
+        ConfigError: the dataset is another source (MovieLens, a production
+            log): writing there would replace its data with a synthetic log.
+    """
+    src = cfg.dataset.source
+    mapped = {column for column in dataclasses.asdict(src.columns).values() if column is not None}
+    if not src.path or src.format != "json" or src.timestamp_format != "iso8601" or not mapped <= set(RAW_COLUMNS):
+        raise ConfigError(
+            f"generate_events writes to dataset.source.path, and dataset '{cfg.dataset.name}' "
+            f"({src.path or 'no path'}) is not a log in the generator's format (json, iso8601, columns from "
+            f"{', '.join(RAW_COLUMNS)}): use --dataset synthetic, a copy of its file, or --output"
+        )
+    return src.path
+
+
 def write_events(spark: SparkSession, cfg: Config, *, output: str | None = None) -> dict:
     """Generate the log for ``cfg.synthetic`` and write it as JSON lines partitioned by date.
 
     Writes ``<output>/date=YYYY-MM-DD/part-*`` (gzip when ``synthetic.gzip``)
     through a staging directory swapped into place, then ``<output>/_manifest.json``.
+    ``output`` defaults to ``dataset.source.path`` (:func:`output_path`), where
+    the clean job reads it.
 
     Returns:
         The manifest (:func:`expected_manifest` plus ``output``).
     """
     conf = cfg.synthetic
-    out = output or conf.output
+    out = output or output_path(cfg)
     threshold = cfg.clean.bot.max_events_per_minute
     if conf.bot_users and conf.bot_events_each * 60_000 // BOT_WINDOW_MS <= threshold:
-        raise ValueError(
+        raise ConfigError(
             f"synthetic.bot_events_each={conf.bot_events_each} in {BOT_WINDOW_MS // 1000} s is not above "
             f"clean.bot.max_events_per_minute={threshold}: the bots would not be bots"
         )

@@ -50,7 +50,8 @@ class RecModel(torch.nn.Module):
     input_kind: ClassVar[str] = "pairs"  # "pairs" | "histories"
     needs_history: ClassVar[bool] = False
     dot_product: ClassVar[bool] = False
-    # Hyperparameters with their defaults; conf/models/<name>.yaml overrides them.
+    # Hyperparameters with their defaults, a comment per key (the one place they are written);
+    # config overrides them per model: neural.models.<name> (conf/base.yaml, a dataset's file, --set).
     default_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, *, n_users: int, n_items: int, params: dict[str, Any]):

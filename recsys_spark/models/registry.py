@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import importlib
 
+from recsys_spark.errors import UserError
 from recsys_spark.models.base import RecModel
 
 # name -> "module:Class"; imported lazily so that listing names needs no torch work.
 _MODELS: dict[str, str] = {}
+
+
+class UnknownModel(UserError, KeyError):
+    """No neural model is registered under this name (a KeyError, as a missing key is)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 def register(name: str, target: str) -> None:
@@ -20,7 +28,7 @@ def names() -> list[str]:
 
 def get(name: str) -> type[RecModel]:
     if name not in _MODELS:
-        raise KeyError(f"unknown model '{name}'; known models: {', '.join(names()) or '(none)'}")
+        raise UnknownModel(f"unknown model '{name}'; known models: {', '.join(names()) or '(none)'}")
     module, cls = _MODELS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 

@@ -14,7 +14,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tables
-from recsys_spark.config import Config, ConfigError, RecommendConf
+from recsys_spark.config import Config
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import (
     INTERACTIONS,
@@ -32,26 +32,6 @@ from recsys_spark.serve.errors import RecommendError
 from recsys_spark.serve.publish import publish
 from recsys_spark.serve.rerank import PostProcessor, finalize, genre_matrix, normalise_rows
 from recsys_spark.serve.select import list_models, load_model, select_model, validation_metric
-
-
-def check_conf(conf: RecommendConf) -> None:
-    """Reject values no run could serve, naming the key."""
-    if conf.n < 1:
-        raise ConfigError(f"recommend.n must be at least 1, got {conf.n}")
-    if conf.min_history < 0:
-        raise ConfigError(f"recommend.min_history must be >= 0, got {conf.min_history}")
-    if conf.mmr_lambda is not None and not 0.0 <= conf.mmr_lambda <= 1.0:
-        raise ConfigError(f"recommend.mmr_lambda must be in [0, 1] or null, got {conf.mmr_lambda}")
-    if conf.mmr_similarity not in ("auto", "embedding", "genres"):
-        raise ConfigError(f"recommend.mmr_similarity must be auto, embedding or genres, got '{conf.mmr_similarity}'")
-    if conf.mmr_pool_factor < 1:
-        raise ConfigError(f"recommend.mmr_pool_factor must be at least 1, got {conf.mmr_pool_factor}")
-    if conf.keep_runs < 1:
-        raise ConfigError(f"recommend.keep_runs must be at least 1, got {conf.keep_runs}")
-    if not 0.0 <= conf.max_metric_drop <= 1.0:
-        raise ConfigError(f"recommend.max_metric_drop must be a share in [0, 1], got {conf.max_metric_drop}")
-    if not 0.0 <= conf.min_coverage <= 1.0:
-        raise ConfigError(f"recommend.min_coverage must be a share in [0, 1], got {conf.min_coverage}")
 
 
 def to_raw_ids(recs: DataFrame, user_index: DataFrame, item_index: DataFrame, *, model: str) -> DataFrame:
@@ -86,7 +66,6 @@ def run(
     Returns the manifest. Raises what :func:`publish` raises.
     """
     conf, wh = cfg.recommend, cfg.warehouse
-    check_conf(conf)
     primary = cfg.evaluation.primary_metric
     models = list_models(spark, wh)
     if model_names is not None:

@@ -32,13 +32,16 @@ def main(argv: list[str] | None = None) -> int:
         neural = registry.names()
     else:
         neural = models.replace(",", " ").split()
-    stages = pipeline.selected(pipeline.plan(neural, generate=os.environ.get("RECSYS_GENERATE", "0") == "1"),
-                               os.environ.get("RECSYS_STAGES"))
+    log_dir = Path(os.environ.get("RECSYS_LOG_DIR", "run/pipeline-logs"))
+    mode = "isolated" if isolated else "one driver"
+    try:
+        stages = pipeline.selected(pipeline.plan(neural, generate=os.environ.get("RECSYS_GENERATE", "0") == "1"),
+                                   os.environ.get("RECSYS_STAGES"))
+    except ValueError as exc:
+        return pipeline.refuse(str(exc), log_dir=log_dir, mode=mode).exit_code
     runner = (pipeline.isolated_runner(JOBS, submit=REPO / "scripts" / "submit.sh", cwd=REPO) if isolated
               else pipeline.in_driver_runner(JOBS))
-    status = pipeline.run(stages, argv, runner,
-                          log_dir=Path(os.environ.get("RECSYS_LOG_DIR", "run/pipeline-logs")),
-                          mode="isolated" if isolated else "one driver")
+    status = pipeline.run(stages, argv, runner, log_dir=log_dir, mode=mode)
     return status.exit_code
 
 

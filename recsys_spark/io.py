@@ -451,6 +451,11 @@ def check_schema(df: DataFrame, table: Table, where: str) -> None:
             )
 
 
+def staging_path(final: str) -> str:
+    """A fresh sibling of ``final`` to write into before :func:`publish_directory` moves it there."""
+    return f"{final.rstrip('/')}._staging-{uuid.uuid4().hex[:8]}"
+
+
 def write_table(
     df: DataFrame,
     warehouse: str,
@@ -466,7 +471,7 @@ def write_table(
     t = get_table(table) if isinstance(table, str) else table
     spark = df.sparkSession
     final = path or table_path(warehouse, t)
-    staging = f"{final.rstrip('/')}._staging-{uuid.uuid4().hex[:8]}"
+    staging = staging_path(final)
     writer = conform(df, t).write.mode("overwrite")
     if t.partition_by:
         writer = writer.partitionBy(*t.partition_by)

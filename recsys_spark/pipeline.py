@@ -96,8 +96,18 @@ def plan(neural_models: Sequence[str], *, generate: bool = False) -> list[Stage]
 
 
 def selected(stages: Sequence[Stage], wanted: str | None) -> list[Stage]:
-    """The stages ``RECSYS_STAGES`` names (space-separated first words), in plan order; all when unset or blank."""
+    """The stages ``RECSYS_STAGES`` names (space-separated first words), in plan order; all when unset or blank.
+
+    Raises:
+        ValueError: a name that is no stage of this plan (a typo would otherwise
+            leave its stage out silently, and the run would report success).
+    """
     keys = set((wanted or "").split())
+    plan_keys = list(dict.fromkeys(s.key for s in stages))
+    unknown = sorted(keys - set(plan_keys))
+    if unknown:
+        raise ValueError(f"RECSYS_STAGES names no stage of this run: {' '.join(unknown)} "
+                         f"(its stages: {' '.join(plan_keys)})")
     return [s for s in stages if not keys or s.key in keys]
 
 
@@ -186,6 +196,16 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
     if partial:
         return finish("published; some stages failed (see status)", EXIT_PARTIAL)
     return finish("every stage succeeded, published", EXIT_OK)
+
+
+def refuse(reason: str, *, log_dir: Path, mode: str, out: TextIO | None = None) -> RunStatus:
+    """A run that cannot start (a usage error, e.g. an unknown stage in ``RECSYS_STAGES``):
+    no stage runs; ``status.json`` and the exit code (2) say why."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    status = RunStatus(outcome=f"usage error, nothing run: {reason}", exit_code=EXIT_CONFIG, mode=mode)
+    _write(log_dir, status)
+    (out or sys.stderr).write(f"pipeline: {status.outcome} (exit {EXIT_CONFIG})\n")
+    return status
 
 
 def _write(log_dir: Path, status: RunStatus) -> None:

@@ -23,7 +23,8 @@
 #   2  a usage or config error (a job said so with its own exit code 2); nothing published
 #   3  recommendations were published, but some model (or the evaluation) failed
 #
-# RECSYS_STAGES="split train_als evaluate" runs only those stages (in pipeline order).
+# RECSYS_STAGES="split train_als evaluate" runs only those stages (in pipeline order); a name
+# that is no stage of the run is refused (exit 2, nothing run).
 # RECSYS_MODELS="neumf two_tower" trains only those neural models (unset: every registered one; empty: none).
 # RECSYS_GENERATE=1 first writes the synthetic log (jobs/generate_events.py; the demo).
 # Logs: run/pipeline-logs/<stage>.log (each stage's own output), driver.log (Spark's

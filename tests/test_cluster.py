@@ -189,7 +189,6 @@ def _props(path: Path) -> dict[str, str]:
 
 
 def test_cluster_start_submit_auth_stop(cluster, tmp_path):
-    t0 = time.monotonic()
     run_dir = cluster.run_dir
     auth = run_dir / "spark-auth.conf"
 
@@ -299,4 +298,3 @@ def test_cluster_start_submit_auth_stop(cluster, tmp_path):
     assert leftovers == [], [_cmdline(int(d.name))[:200] for d in leftovers]
     assert not auth.exists() and not (run_dir / "master.url").exists()
     assert cluster.sh("status").returncode != 0
-    assert time.monotonic() - t0 < 150

@@ -497,12 +497,11 @@ def test_quality_gate_refuses_a_worse_model_and_force_publishes_it(spark, publis
 
 @pytest.mark.spark
 def test_torch_model_is_served_by_a_forward_pass(spark, base_wh, tmp_path):
-    torch = pytest.importorskip("torch")
-    scorer_module = pytest.importorskip("recsys_spark.scoring.torch_model")
-    from recsys_spark.models import artifacts, registry
+    import torch
 
-    if "multvae" not in registry.names():
-        pytest.skip("multvae is not registered")
+    from recsys_spark.models import artifacts, registry
+    from recsys_spark.scoring import torch_model as scorer_module
+
     wh = copy_wh(base_wh, tmp_path)
     n_users = io.read_table(spark, wh, USER_INDEX_TABLE).count()
     n_items = io.read_table(spark, wh, ITEM_INDEX_TABLE).count()

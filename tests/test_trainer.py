@@ -1,12 +1,12 @@
 """The neural trainer: local metrics vs the evaluation library, the Petastorm data
 path's batch shapes, checkpoint resume, a 2-process gloo run through
-TorchDistributor that learns planted structure, and (once the neural models are
-registered) jobs/train_neural.py end to end, and the tuning sweep protocol."""
+TorchDistributor that learns planted structure, jobs/train_neural.py end to end,
+and the tuning sweep protocol."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
-import importlib.util
 import math
 import os
 import signal
@@ -264,19 +264,67 @@ def test_resume_after_a_crash_continues_where_it_stopped(tmp_path):
     assert other["resumed_from"] == 0
 
 
+class MarchingScores(RecModel):
+    """Three item scores that march at known speeds: one Adam step an epoch moves each moving
+    item's ``position`` by the learning rate (a constant gradient: Adam's step is
+    ``lr * g / |g|``), so every epoch's ranking, and the validation metric, is known in advance.
+
+    score = start + speed * position; with learning rate 1, after epoch t (position t on the moving items):
+    t=1 [1, 1.5, -5] top item 1; t=2 [2, 1.5, 0] top item 0; t=3 [3, 1.5, 5] and on: top item 2.
+    """
+
+    name = "marching"
+    default_params = {}
+    autocast_seen: list = []  # (device type, autocast enabled, loss dtype) of every loss call
+
+    def __init__(self, *, n_users, n_items, params):
+        super().__init__(n_users=n_users, n_items=n_items, params=params)
+        self.position = torch.nn.Parameter(torch.zeros(3))
+        self.register_buffer("start", torch.tensor([0.0, 1.5, -10.0]))
+        self.register_buffer("speed", torch.tensor([1.0, 0.0, 5.0]))
+
+    def loss(self, batch, ctx):
+        device = self.position.device.type
+        # A matmul: what autocast runs in reduced precision (an elementwise product it would not).
+        out = (self.position[None, :] @ (self.speed > 0).float()[:, None]).squeeze()
+        MarchingScores.autocast_seen.append((device, torch.is_autocast_enabled(device), out.dtype))
+        return -out.float() + 0.0 * batch["weight"].sum()
+
+    def score_users(self, user_index, history, history_len):
+        return (self.start + self.speed * self.position).expand(user_index.shape[0], -1)
+
+
+def marching_run(settings, *, device=None, checkpoint_dir=None):
+    """Three validation users whose one relevant item is item 0; one batch an epoch."""
+    users = 3
+    val = ValidationSet(np.arange(users), np.full((users, 1), 3), np.zeros(users, dtype=np.int64),
+                        UserItems.from_lists([[]] * users), UserItems.from_lists([[0]] * users))
+    tensors = {"user_index": torch.arange(users), "item_index": torch.zeros(users, dtype=torch.long),
+               "weight": torch.ones(users)}
+    factory = loop.tensor_loader_factory(tensors, batch_size=users, seed=0)
+    model = MarchingScores.build(n_users=users, n_items=3)
+    out = loop.train(model, factory, settings, item_counts=np.ones(3), validation=val, device=device,
+                     checkpoint_dir=checkpoint_dir, log=lambda s: None)
+    return model, out
+
+
 def test_early_stopping_keeps_the_best_epoch():
-    train, held = planted()
-    val = validation_of(train, held)
-    factory = loop.tensor_loader_factory(pair_tensors(train), batch_size=32, seed=3)
-    torch.manual_seed(0)
-    # A learning rate this high makes the metric bounce: patience 1 stops at the first drop.
-    out = loop.train(TinyMF.build(n_users=N_USERS, n_items=N_ITEMS), factory,
-                     _settings(epochs=30, patience=1, learning_rate=0.5), item_counts=counts_of(train),
-                     validation=val, log=lambda s: None)
-    metrics = [h["ndcg_at_5"] for h in out["history"]]
-    assert out["best_metric"] == max(metrics) and metrics[out["best_epoch"]] == max(metrics)
-    if out["stopped_early"]:
-        assert metrics[-1] <= max(metrics) and len(metrics) == out["best_epoch"] + 2
+    """The metric is 0, 1, 0, 0, ... by construction: patience 2 must stop after epoch 4 of 10,
+    and the weights returned are epoch 2's (the best), not epoch 4's (the last)."""
+    settings = loop.TrainSettings(epochs=10, patience=2, learning_rate=1.0, seed=0, metric="ndcg_at_1",
+                                  mixed_precision=False)
+    model, out = marching_run(settings)
+    assert [h["ndcg_at_1"] for h in out["history"]] == [0.0, 1.0, 0.0, 0.0]
+    assert out["stopped_early"] is True and out["epochs_run"] == 4
+    assert out["best_epoch"] == 1 and out["best_metric"] == 1.0
+    returned = loop.state_dict_from_bytes(out["state_dict"])["position"]
+    torch.testing.assert_close(returned, torch.tensor([2.0, 0.0, 2.0]))  # after epoch 2
+    torch.testing.assert_close(model.position.detach(), torch.tensor([4.0, 0.0, 4.0]))  # the last epoch's
+    # Without early stopping the same run goes on to the last epoch and keeps the best weights all the same.
+    _, full = marching_run(dataclasses.replace(settings, epochs=6, early_stopping=False))
+    assert full["stopped_early"] is False and full["epochs_run"] == 6 and full["best_epoch"] == 1
+    torch.testing.assert_close(loop.state_dict_from_bytes(full["state_dict"])["position"],
+                               torch.tensor([2.0, 0.0, 2.0]))
 
 
 def test_popularity_negatives_follow_the_counts():
@@ -431,12 +479,6 @@ Root Cause (first observed failure):
 # --------------------------------------------------------------------------- the job
 
 
-def _registered(name):
-    from recsys_spark.models import registry
-
-    return name in registry.names() and importlib.util.find_spec("recsys_spark.scoring.torch_model") is not None
-
-
 def _write_planted_warehouse(spark, wh):
     """index tables, items (with genres and year) and a split from the planted data:
     train = the 6 training items, validation / test = one held-out item each."""
@@ -470,7 +512,6 @@ def planted_warehouse(spark, tmp_path_factory):
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
 def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     """jobs/train_neural.py on the planted warehouse: factor tables, metadata, eval recs."""
     from recsys_spark import io
@@ -518,7 +559,6 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not _registered("neumf"), reason="neumf is not registered yet")
 def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, planted_warehouse):
     """The non-dot-product path of the job without a training run: TorchModelScorer
     top-K on test, model.pt round trip, build arguments in metadata."""
@@ -598,7 +638,6 @@ def test_sweep_script_selects_refits_and_scores_test_like_the_job(spark):
 
 @pytest.mark.spark
 @pytest.mark.slow
-@pytest.mark.skipif(not _registered("two_tower"), reason="two_tower is not registered yet")
 def test_submitted_train_neural_exits_on_a_local_master(spark, tmp_path):
     """scripts/submit.sh jobs/train_neural.py with SPARK_MASTER=local[2] ends, with status 0 and its report.
 

@@ -439,7 +439,8 @@ def run_clean(
         FileNotFoundError / sources.SourceError: the source is missing or does
             not match its config.
         ReconciliationError: input rows != clean + duplicates + quarantined
-            (checked before anything is written, and again on what was written).
+            (checked before anything is written, and again on the
+            written tables before they replace the last run's).
     """
     started = time.monotonic()
     clean: CleanConf = cfg.clean
@@ -537,22 +538,31 @@ def _count_and_write(
     quarantine = to_quarantine(bad, raw_record=raw_record, run_id=run_id, max_record_bytes=limit).unionByName(
         to_quarantine(bot_rows_df, raw_record=raw_record, run_id=run_id, max_record_bytes=limit)
     )
-    q_path = io.write_table(quarantine, cfg.warehouse, QUARANTINE)
-    # Written every run, empty when every file was read, so that it always
-    # describes the same run as events_clean and quarantine.
-    qf_path = io.write_table(to_quarantined_files(spark, files.unreadable, run_id=run_id), cfg.warehouse, QUARANTINED_FILES)
     clean_df = to_events_clean(flagged.where(~F.col(IS_DUPLICATE) & ~F.col(IS_BOT)))
-    c_path = io.write_table(clean_df, cfg.warehouse, EVENTS_CLEAN)
-
-    # What was written must hold exactly what was counted (Parquet counts are metadata reads).
-    written_clean = io.read_table(spark, cfg.warehouse, EVENTS_CLEAN).count()
-    written_q = io.read_table(spark, cfg.warehouse, QUARANTINE).count()
-    written_files = io.read_table(spark, cfg.warehouse, QUARANTINED_FILES).count()
-    if written_clean != clean_rows or written_q != quarantined or written_files != len(files.unreadable):
-        raise ReconciliationError(
-            f"written rows differ from counted: events_clean {written_clean} vs {clean_rows}, "
-            f"quarantine {written_q} vs {quarantined}, quarantined_files {written_files} vs {len(files.unreadable)}"
-        )
+    # quarantined_files is written every run, empty when every file was read, so that
+    # it always describes the same run as events_clean and quarantine.
+    outputs = {EVENTS_CLEAN: clean_df, QUARANTINE: quarantine,
+               QUARANTINED_FILES: to_quarantined_files(spark, files.unreadable, run_id=run_id)}
+    # Each table is written beside its place and counted there; only when all three hold
+    # exactly what was counted are they moved into place, so a failed check leaves the
+    # last good run's tables (and report) as they were.
+    staged = {t: io.staging_path(io.table_path(cfg.warehouse, t)) for t in outputs}
+    try:
+        for t, frame in outputs.items():
+            io.write_table(frame, cfg.warehouse, t, path=staged[t])
+        # Parquet counts are metadata reads.
+        written = {t: io.read_table(spark, cfg.warehouse, t, path=staged[t]).count() for t in outputs}
+        counted = {EVENTS_CLEAN: clean_rows, QUARANTINE: quarantined, QUARANTINED_FILES: len(files.unreadable)}
+        if written != counted:
+            raise ReconciliationError("written rows differ from counted: " + ", ".join(
+                f"{t.name} {written[t]} vs {counted[t]}" for t in (EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES)))
+    except BaseException:
+        for path in staged.values():
+            io.delete_path(spark, path)
+        raise
+    for t, path in staged.items():
+        io.publish_directory(spark, path, io.table_path(cfg.warehouse, t))
+    c_path, q_path, qf_path = (io.table_path(cfg.warehouse, t) for t in (EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES))
     files_by_reason = {r: sum(1 for u in files.unreadable if u.reason == r) for r in FILE_REASON_CODES}
     return {
         "run_id": run_id,

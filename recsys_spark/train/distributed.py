@@ -99,7 +99,13 @@ def _worker(job: WorkerJob):
     from recsys_spark.train import loop
 
     torch.set_num_threads(max(1, job.threads_per_process))
-    use_cuda = job.use_gpu and torch.cuda.is_available()
+    use_cuda = job.use_gpu
+    if use_cuda and not torch.cuda.is_available():
+        # Spark gave this task a GPU (neural.use_gpu resolved true): training on the CPU
+        # instead would be a silent fallback that the run's report still calls a GPU run.
+        raise RuntimeError(f"neural.use_gpu: Spark gave this training process a GPU, but torch "
+                           f"{torch.__version__} here sees no CUDA device; install a CUDA build of torch on "
+                           "the executors or set neural.use_gpu=false")
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -143,26 +149,33 @@ def _worker(job: WorkerJob):
 
 
 def resolve_use_gpu(spark: SparkSession, setting: str) -> bool:
-    """``neural.use_gpu``: "true"/"false" as given; "auto": GPUs when Spark schedules them.
+    """``neural.use_gpu``: "false": never; "auto": GPUs when Spark schedules them; "true": GPUs, required.
 
     TorchDistributor can give a task a GPU only when the cluster declares GPU
     resources (``spark.task.resource.gpu.amount``; for a local master, also
     driver GPU resources). A GPU that Spark does not know about is not used:
     the processes could not agree on which of them owns it.
+
+    Raises:
+        ValueError: a value other than auto, true or false; or "true" when Spark
+            schedules no GPUs (refused here, before any data is materialised,
+            rather than by TorchDistributor once it is).
     """
     value = str(setting).strip().lower()
-    if value in ("true", "false"):
-        return value == "true"
-    if value != "auto":
+    if value not in ("auto", "true", "false"):
         raise ValueError(f"neural.use_gpu must be auto, true or false, got '{setting}'")
+    if value == "false":
+        return False
     conf = spark.sparkContext.getConf()
     task_gpus = float(conf.get("spark.task.resource.gpu.amount", "0") or 0)
-    if task_gpus <= 0:
-        return False
-    master = conf.get("spark.master", "")
-    if master.startswith("local"):
-        return "gpu" in spark.sparkContext.resources
-    return True
+    local = conf.get("spark.master", "").startswith("local")
+    scheduled = task_gpus > 0 and (not local or "gpu" in spark.sparkContext.resources)
+    if value == "true" and not scheduled:
+        missing = ("spark.task.resource.gpu.amount is not set" if task_gpus <= 0
+                   else "this local master's driver declares no gpu resource (spark.driver.resource.gpu.*)")
+        raise ValueError(f"neural.use_gpu=true, but Spark schedules no GPUs for its tasks ({missing}): declare the "
+                         "GPUs to Spark, or set neural.use_gpu to auto (GPUs when Spark has them) or false")
+    return scheduled
 
 
 class TrainingProcessFailed(RuntimeError):

@@ -1,0 +1,174 @@
+"""recsys_spark/train/neural.py around the trainer: resuming through ``neural.fit`` (run key
+and data fingerprint), and a non-dot-product model (NeuMF) trained by jobs/train_neural.py
+and served through select.load_serving_model with the scores of its own forward pass.
+
+The training processes run in this process (``in_process_training``): the same
+``distributed._worker`` (process group, loop, Petastorm shard, checkpoints), one gloo
+rank, without TorchDistributor's launch of torchrun, which costs seconds a fit and is
+tested on its own in tests/test_trainer.py.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import socket
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from tests.conftest import load_job
+from tests.test_trainer import N_ITEMS, N_USERS, T0, TinyMF, _write_planted_warehouse, planted
+from recsys_spark import schemas
+from recsys_spark.scoring import blocked, scorers
+from recsys_spark.config import load_config
+from recsys_spark.train import checkpoint, distributed, loop, neural
+
+pytestmark = pytest.mark.spark
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def in_process_training(monkeypatch):
+    """``distributed.run`` as one gloo rank in this process (see the module docstring)."""
+    threads = torch.get_num_threads()
+
+    def run(spark, job, *, num_processes):
+        assert num_processes == 1, "in-process training is one rank"
+        for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                           "MASTER_PORT": str(_free_port())}.items():
+            monkeypatch.setenv(key, value)
+        return distributed._worker(job)
+
+    monkeypatch.setattr(distributed, "run", run)
+    yield
+    torch.set_num_threads(threads)  # _worker sets the process's torch threads
+
+
+def _split_rows(spark, train, held):
+    rows = [(u, i, 1.0, T0 + dt.timedelta(hours=t), "warm", "train") for u, i, t in train]
+    rows += [(u, i, 1.0, T0 + dt.timedelta(days=2), "warm", "validation" if n % 2 == 0 else "test")
+             for n, (u, i) in enumerate(held)]
+    return spark.createDataFrame(rows, schemas.SPLIT.schema)
+
+
+def _config(tmp_path, *extra):
+    return load_config(overrides=[
+        "neural.num_processes=1", "neural.epochs=4", "neural.patience=10", "neural.batch_size=32",
+        "neural.learning_rate=0.05", "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5",
+        f"neural.cache_dir={tmp_path / 'cache'}", f"neural.checkpoint_dir={tmp_path / 'ck'}", *extra])
+
+
+class CrashingMF(TinyMF):
+    """TinyMF that fails at the start of its third epoch (after two checkpointed epochs)."""
+
+    def loss(self, batch, ctx):
+        if ctx.epoch == 2:
+            raise RuntimeError("simulated crash in epoch 3")
+        return super().loss(batch, ctx)
+
+
+def test_fit_resumes_a_crashed_run_of_the_same_data_and_not_one_of_other_data(spark, tmp_path, in_process_training,
+                                                                              capsys):
+    cfg = _config(tmp_path)
+    train, held = planted()
+    split_rows = _split_rows(spark, train, held)
+    sizes = dict(n_users=N_USERS, n_items=N_ITEMS, final=False)
+    ck = neural.checkpoint_dir(cfg, "tiny_mf", "selection")
+
+    with pytest.raises(RuntimeError, match="simulated crash in epoch 3"):
+        neural.fit(spark, cfg, split_rows, "tiny_mf", model_class=CrashingMF, **sizes)
+    saved = torch.load(checkpoint.checkpoint_path(ck), weights_only=True)
+    assert saved["epoch"] == 2 and not saved["finished"]
+
+    # Same model name, settings and rows: the run key matches, the run goes on after epoch 2.
+    resumed = neural.fit(spark, cfg, split_rows, "tiny_mf", model_class=TinyMF, **sizes)
+    assert resumed.resumed_from == 2 and resumed.epochs_run == 4
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    assert [h["loss"] for h in resumed.history[:2]] == [h["loss"] for h in saved["history"]]
+    capsys.readouterr()
+
+    # One training row fewer: another data fingerprint, another run key; the checkpoint is not resumed.
+    dropped = train[0]
+    fewer = split_rows.where(~((F.col("user_index") == dropped[0]) & (F.col("item_index") == dropped[1])))
+    assert neural.data_fingerprint(fewer) != neural.data_fingerprint(split_rows)
+    fresh = neural.fit(spark, cfg, fewer, "tiny_mf", model_class=TinyMF, **sizes)
+    assert fresh.resumed_from == 0 and fresh.epochs_run == 4
+    assert "belongs to another run" in capsys.readouterr().out
+    assert not any((tmp_path / "cache").iterdir())  # materialised examples deleted after every fit
+
+
+def test_data_fingerprint_sees_weights_pairs_and_times_not_row_order(spark):
+    train, held = planted()
+    rows = _split_rows(spark, train, held).where(F.col("fold") == "train")
+    base = neural.data_fingerprint(rows)
+    assert neural.data_fingerprint(rows.orderBy(F.rand(seed=3)).repartition(4)) == base
+    u, i = train[0][0], train[0][1]
+    this = (F.col("user_index") == u) & (F.col("item_index") == i)
+    changed = {
+        "weight": rows.withColumn("weight", F.when(this, F.lit(2.0)).otherwise(F.col("weight"))),
+        "pair": rows.withColumn("item_index", F.when(this, F.lit((i + 1) % N_ITEMS)).otherwise(F.col("item_index"))),
+        "time": rows.withColumn("last_time", F.when(this, F.lit(T0 + dt.timedelta(days=30)))
+                                .otherwise(F.col("last_time"))),
+    }
+    for what, frame in changed.items():
+        assert neural.data_fingerprint(frame) != base, what
+
+
+# --------------------------------------------------------------------------- NeuMF: trained, then served
+
+
+NEUMF_PARAMS = "neural.models={neumf: {embedding_dim: 4, mlp_layers: [8, 4]}}"
+
+
+def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, tmp_path, in_process_training):
+    from recsys_spark.models import artifacts, fitted, registry
+    from recsys_spark.serve import select
+
+    wh = str(tmp_path / "wh")
+    _write_planted_warehouse(spark, wh)
+    sets = ["neural.num_processes=1", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
+            "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
+            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]
+    report = load_job("train_neural").main(["--model", "neumf", "--warehouse", wh,
+                                            *[a for s in sets for a in ("--set", s)]])
+    assert report["model"] == "neumf"
+    meta = artifacts.load_metadata(spark, wh, "neumf")
+    assert meta["kind"] == artifacts.KIND_TORCH and meta["epochs"] >= 1
+
+    # The trained weights: not the seeded initial ones the trainer started from.
+    kwargs = fitted.torch_build_kwargs(meta)
+    model = registry.get("neumf").build(**kwargs)
+    initial = {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(loop.state_dict_from_bytes(artifacts.load_state_dict_bytes(spark, wh, "neumf")))
+    model.eval()
+    assert any(not torch.equal(initial[k], v) for k, v in model.state_dict().items())
+
+    serving = select.load_model(spark, wh, "neumf")
+    assert serving.kind == artifacts.KIND_TORCH and serving.max_users == N_USERS
+    assert serving.item_vectors is None  # no item embedding to explain or diversify with
+    users = torch.tensor([0, 7, 41, N_USERS - 1])
+    with torch.no_grad():  # the model's own forward: one logit per (user, item) pair
+        forward = model({"user_index": users.repeat_interleave(N_ITEMS),
+                         "item_index": torch.arange(N_ITEMS).repeat(len(users))}).view(len(users), N_ITEMS)
+    batch = pd.DataFrame({"user_index": users.numpy().astype(np.int32), "seen": [None] * len(users)})
+    torch.testing.assert_close(serving.scorer.score(batch), forward, rtol=1e-5, atol=1e-6)
+
+    # Served through Spark (the blocked scorer the recommend job uses): each user's top 5
+    # unseen items are the forward pass's, in its order, with its scores.
+    train, _ = planted()
+    seen = {int(u): sorted({i for uu, i, _ in train if uu == u}) for u in users}
+    frame = spark.createDataFrame([(u, s) for u, s in seen.items()], "user_index int, seen array<int>")
+    top = blocked.top_k(frame, scorers.CatalogScorer(spark, serving.scorer, N_ITEMS), k=5).toPandas()
+    for r, user in enumerate(users.tolist()):
+        want = forward[r].clone()
+        want[seen[user]] = float("-inf")
+        mine = top[top.user_index == user].sort_values("rank")
+        assert mine.item_index.tolist() == want.topk(5).indices.tolist(), user
+        np.testing.assert_allclose(mine.score.to_numpy(), want.topk(5).values.numpy(), rtol=1e-5)

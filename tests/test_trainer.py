@@ -570,7 +570,7 @@ def test_torch_kind_models_are_scored_with_torch_model_scorer_and_saved(spark, p
     from recsys_spark.train import neural
 
     wh = planted_warehouse
-    cfg = load_config(overrides=[f"warehouse={wh}", "evaluation.ks=[5]"])
+    cfg = load_config(overrides=[f"warehouse={wh}", "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5"])
     torch.manual_seed(0)
     kwargs = {"n_users": N_USERS, "n_items": N_ITEMS, "params": {"embedding_dim": 4, "mlp_layers": [8, 4]}}
     blob = loop.state_dict_bytes(registry.get("neumf").build(**kwargs).state_dict())

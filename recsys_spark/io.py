@@ -496,3 +496,44 @@ def read_table(
     check_schema(df, t, where)
     # Parquet forgets non-nullability; restore column order and nullability.
     return conform(df, t)
+
+
+def read_table_if_exists(spark: SparkSession, warehouse: str, table: Table | str) -> DataFrame | None:
+    """:func:`read_table`, or None when the table has not been written (a first run, an optional table)."""
+    t = get_table(table) if isinstance(table, str) else table
+    return read_table(spark, warehouse, t) if path_exists(spark, table_path(warehouse, t)) else None
+
+
+def require_columns(df: DataFrame, needed, what: str) -> None:
+    """Fail naming ``what``, the missing columns and the ones there are."""
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {missing}; has {df.columns}")
+
+
+CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+
+
+def read_side_file(spark: SparkSession, path: str, *, setting: str, file_format: str | None = None,
+                   header: bool = True, delimiter: str = ",") -> DataFrame:
+    """A CSV or Parquet file a setting names (item metadata, an exclusion list).
+
+    Args:
+        setting: the config key that names ``path``, for the error messages.
+        file_format: ``csv`` or ``parquet``; None: by the name (``.csv``, ``.tsv``,
+            ``.txt``, optionally gzipped, are CSV; anything else, a file or a
+            directory, Parquet).
+
+    CSV is read with RFC 4180 quoting (a field may hold the delimiter or a
+    doubled quote: ``"Bird, The ""Big"" (1990)"``), every column as a string.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (naming ``setting``).
+    """
+    if not path_exists(spark, path):
+        raise FileNotFoundError(f"{setting}: {path} not found")
+    if file_format is None:
+        file_format = "csv" if path.lower().rstrip("/").endswith(CSV_SUFFIXES) else "parquet"
+    if file_format == "parquet":
+        return spark.read.parquet(path)
+    return spark.read.csv(path, header=header, sep=delimiter, quote='"', escape='"')

@@ -1,7 +1,7 @@
 """User, item and interaction tables built from ``events_clean``.
 
-Pure transforms: DataFrames in, DataFrames out; :mod:`jobs.build_tables`
-reads and writes. Dense indexes are stable across runs (known ids keep their
+The transforms are pure functions of DataFrames; :func:`run_build_tables` is
+the one function here that reads and writes (``jobs/build_tables.py`` calls it). Dense indexes are stable across runs (known ids keep their
 index, new ids are appended) because model factors and embeddings are stored
 by index: renumbering would silently pair users with someone else's vector.
 """
@@ -10,10 +10,19 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from pyspark.sql import Column, DataFrame, Window
+import numpy as np
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import io
+from recsys_spark.config import Config, ItemMetadataConf
 from recsys_spark.schemas import (
+    EVENTS_CLEAN,
+    INTERACTIONS,
+    ITEM_INDEX_TABLE,
+    ITEMS,
+    USER_INDEX_TABLE,
+    USERS,
     EVENT_TIME,
     EVENT_TYPE,
     EVENT_TYPES,
@@ -239,3 +248,85 @@ def user_histories(rows: DataFrame) -> DataFrame:
     return rows.groupBy(USER_INDEX).agg(ordered.alias("_h")).select(
         F.col(USER_INDEX).cast("int").alias(USER_INDEX), F.col(f"_h.{ITEM_INDEX}").alias(SEEN)
     )
+
+
+def genre_matrix(genres_by_item: Mapping[int, list[str] | None], n_items: int) -> np.ndarray:
+    """Multi-hot [n_items, G] float32 of the items' genres over the sorted vocabulary.
+
+    The one encoding of genres, for models that read item features and for
+    MMR's Jaccard similarity. Empty genre names are ignored; items outside
+    ``n_items`` are dropped; G is at least 1 (all zeros when no item has a genre).
+    """
+    vocab = sorted({g for gs in genres_by_item.values() if gs for g in gs if g})
+    col = {g: j for j, g in enumerate(vocab)}
+    m = np.zeros((n_items, max(len(vocab), 1)), dtype=np.float32)
+    for i, gs in genres_by_item.items():
+        if 0 <= i < n_items and gs:
+            m[i, [col[g] for g in gs if g]] = 1.0
+    return m
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def read_item_metadata(spark: SparkSession, items_conf: ItemMetadataConf) -> DataFrame | None:
+    """The dataset's optional item file (``dataset.items``) parsed to the ``items`` layout, or None."""
+    if not items_conf.path:
+        return None
+    raw = io.read_side_file(spark, items_conf.path, setting="dataset.items.path", file_format=items_conf.format,
+                            header=items_conf.csv_header, delimiter=items_conf.csv_delimiter)
+    for key in ("item_id", "title", "year", "genres"):
+        column = getattr(items_conf, key)
+        if column and column not in raw.columns:
+            raise ValueError(f"{items_conf.path}: dataset.items.{key} names column '{column}', not in {raw.columns}")
+    return parse_item_metadata(
+        raw,
+        item_id=items_conf.item_id,
+        title=items_conf.title,
+        year=items_conf.year,
+        genres=items_conf.genres,
+        genres_delimiter=items_conf.genres_delimiter,
+        year_from_title=items_conf.year_from_title,
+    )
+
+
+def run_build_tables(spark: SparkSession, cfg: Config, *, run_date: str) -> dict:
+    """Update the indexes and rebuild ``users``, ``items`` and ``interactions`` from ``events_clean``.
+
+    Returns the run report (row counts of what was written).
+    """
+    wh, conf = cfg.warehouse, cfg.tables
+    # events_clean is read by every aggregate below; cache once instead of re-scanning.
+    events = io.read_table(spark, wh, EVENTS_CLEAN).cache()
+    for table, id_col, index_col in ((USER_INDEX_TABLE, USER_ID, USER_INDEX), (ITEM_INDEX_TABLE, ITEM_ID, ITEM_INDEX)):
+        index = update_index(first_seen(events, id_col=id_col), io.read_table_if_exists(spark, wh, table),
+                             id_col=id_col, index_col=index_col, run_date=run_date)
+        io.write_table(index, wh, table)
+    # Read back what was published so every table below uses the same numbering.
+    # (Not cached: the index tables are small, and a cached read of a path that
+    # is rewritten on the next run would serve stale rows in a long-lived session.)
+    user_index = io.read_table(spark, wh, USER_INDEX_TABLE)
+    item_index = io.read_table(spark, wh, ITEM_INDEX_TABLE)
+    interactions = filter_min_activity(
+        aggregate_interactions(events, user_index, item_index, event_weights=conf.event_weights,
+                               rating_value_as_weight=conf.rating_value_as_weight),
+        min_user=conf.min_user_interactions,
+        min_item=conf.min_item_interactions,
+    )
+    io.write_table(interactions, wh, INTERACTIONS)
+    io.write_table(build_users(events, user_index), wh, USERS)
+    io.write_table(build_items(events, item_index, read_item_metadata(spark, cfg.dataset.items)), wh, ITEMS)
+    events.unpersist()
+
+    written, items = io.read_table(spark, wh, INTERACTIONS), io.read_table(spark, wh, ITEMS)
+    return {
+        "users": io.read_table(spark, wh, USERS).count(),
+        "items": items.count(),
+        "interactions": written.count(),
+        "interaction_users": written.select(USER_INDEX).distinct().count(),
+        "interaction_items": written.select(ITEM_INDEX).distinct().count(),
+        "user_index_size": user_index.count(),
+        "item_index_size": item_index.count(),
+        "items_with_metadata": items.where(F.col("title").isNotNull()).count(),
+        "warehouse": wh,
+    }

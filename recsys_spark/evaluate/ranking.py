@@ -20,6 +20,7 @@ from pyspark.ml.evaluation import RegressionEvaluator
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from recsys_spark import io
 from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
 
 _SPARK_METRICS = {
@@ -33,12 +34,6 @@ _SPARK_METRICS = {
 def relevant_items(held_out: DataFrame) -> DataFrame:
     """``user_index``, ``relevant``: each user's held-out items as an array."""
     return held_out.groupBy(USER_INDEX).agg(F.collect_set(ITEM_INDEX).alias("relevant"))
-
-
-def _check_columns(df: DataFrame, needed: Sequence[str], what: str) -> None:
-    missing = [c for c in needed if c not in df.columns]
-    if missing:
-        raise ValueError(f"{what} lacks column(s) {missing}; has {df.columns}")
 
 
 def ranking_metrics(
@@ -63,8 +58,8 @@ def ranking_metrics(
         ``{metric}_at_{k}`` for precision, recall, ndcg, map, hit_rate, coverage
         (and popularity_percentile), plus ``mrr`` (over the top max(ks)) and ``users``.
     """
-    _check_columns(recs, [USER_INDEX, ITEM_INDEX, "rank"], "recommendations")
-    _check_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
+    io.require_columns(recs, [USER_INDEX, ITEM_INDEX, "rank"], "recommendations")
+    io.require_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
     ks = sorted(set(int(k) for k in ks))
     max_k = ks[-1]
     recs = recs.where(F.col("rank") <= max_k)

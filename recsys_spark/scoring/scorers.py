@@ -52,7 +52,9 @@ class DotProductScorer:
             self._out = torch.empty(len(users), self.n_items)
         scores = torch.mm(users, self._items_t, out=self._out[: len(users)])
         if self._unknown is not None:
-            scores[:, torch.from_numpy(self._unknown.value)] = float("-inf")
+            from recsys_spark.scoring.topk import exclude_items  # torch: imported where scores exist
+
+            exclude_items(scores, self._unknown.value)
         return scores
 
 
@@ -182,5 +184,7 @@ class CatalogScorer:
             pad = torch.full((scores.shape[0], self.n_items - scores.shape[1]), float("-inf"), dtype=scores.dtype)
             scores = torch.cat([scores, pad], dim=1)
         if self._excluded is not None:
-            scores[:, torch.from_numpy(self._excluded.value)] = float("-inf")
+            from recsys_spark.scoring.topk import exclude_items
+
+            exclude_items(scores, self._excluded.value)
         return scores

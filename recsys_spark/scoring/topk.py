@@ -18,6 +18,14 @@ def exclude(scores: torch.Tensor, rows: np.ndarray, items: np.ndarray) -> None:
         scores[index] = float("-inf")
 
 
+def exclude_items(scores: torch.Tensor, items: np.ndarray) -> None:
+    """Set ``scores[:, items] = -inf`` for every row, in place: items no user may get
+    (never trained, excluded from the catalog). Indexes, not a boolean mask:
+    an all-False [n_items] mask still costs a pass over the whole block."""
+    if len(items):
+        scores[:, torch.as_tensor(items, device=scores.device)] = float("-inf")
+
+
 def top_k_rows(scores, k: int, *, chunk: int = 10, direct_below: int = 1024):
     """``torch.topk(scores, k, dim=1, sorted=True)``, exact, 2-3x cheaper on wide rows.
 

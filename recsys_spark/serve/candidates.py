@@ -87,12 +87,8 @@ def candidates(
 
 
 def read_exclusion_list(spark: SparkSession, path: str) -> DataFrame:
-    """``item_id`` s from a CSV with a header or a Parquet file/directory."""
-    if not io.path_exists(spark, path):
-        raise FileNotFoundError(f"recommend.exclude_items_path: {path} not found")
-    lower = path.lower().rstrip("/")
-    df = (spark.read.option("header", True).csv(path) if lower.endswith((".csv", ".csv.gz"))
-          else spark.read.parquet(path))
+    """``item_id`` s from a CSV with a header or a Parquet file/directory (by its name)."""
+    df = io.read_side_file(spark, path, setting="recommend.exclude_items_path")
     if ITEM_ID not in df.columns:
         raise ValueError(f"recommend.exclude_items_path: {path} has no '{ITEM_ID}' column (has {df.columns})")
     return df.select(F.trim(F.col(ITEM_ID).cast("string")).alias(ITEM_ID)).where(F.col(ITEM_ID) != "").distinct()

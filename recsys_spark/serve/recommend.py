@@ -30,7 +30,7 @@ from recsys_spark.serve.candidates import assign_sources, candidates, read_exclu
 from recsys_spark.serve.checks import Checks, expected_counts
 from recsys_spark.serve.errors import RecommendError
 from recsys_spark.serve.publish import publish
-from recsys_spark.serve.rerank import PostProcessor, finalize, genre_matrix, normalise_rows
+from recsys_spark.serve.rerank import PostProcessor, finalize, normalise_rows
 from recsys_spark.serve.select import list_models, load_model, select_model, validation_metric
 
 
@@ -131,7 +131,7 @@ def run(
             genres_by_item = {r[ITEM_INDEX]: r["genres"] for r in rows}
             if not any(genres_by_item.values()):
                 raise RecommendError(f"MMR by genres: no item has genres (model '{name}' has no item embeddings)")
-            genres = genre_matrix(genres_by_item, n_items)
+            genres = tables.genre_matrix(genres_by_item, n_items)
             inputs[ITEMS.name] = _table_version(spark, wh, ITEMS)
     # EASE explains by each history item's contribution to the score, through the
     # scorer's own broadcast of B.

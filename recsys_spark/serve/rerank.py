@@ -21,17 +21,6 @@ def normalise_rows(vectors: np.ndarray) -> np.ndarray:
     return np.divide(v, norms, out=np.zeros_like(v), where=norms > 0)
 
 
-def genre_matrix(genres_by_item: dict[int, list[str] | None], n_items: int) -> np.ndarray:
-    """Multi-hot [n_items, n_genres] (float32) from item index -> genres."""
-    vocab = sorted({g for gs in genres_by_item.values() if gs for g in gs})
-    col = {g: j for j, g in enumerate(vocab)}
-    m = np.zeros((n_items, max(len(vocab), 1)), dtype=np.float32)
-    for i, gs in genres_by_item.items():
-        if 0 <= i < n_items and gs:
-            m[i, [col[g] for g in gs]] = 1.0
-    return m
-
-
 def cosine_similarity(unit_vectors: np.ndarray) -> np.ndarray:
     """[..., P, P] cosines of [..., P, d] unit-length vectors."""
     return np.matmul(unit_vectors, np.swapaxes(unit_vectors, -1, -2))

@@ -26,7 +26,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io, memory, split
+from recsys_spark import io, memory, split, tables
 from recsys_spark.evaluate import folds
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, fitted, registry
@@ -98,19 +98,13 @@ def item_features(spark: SparkSession, warehouse: str, n_items: int) -> dict[str
     those that do not, i.e. the mean). Item metadata, not training examples:
     one row per item is collected.
     """
-    if not io.path_exists(spark, io.table_path(warehouse, ITEMS)):
+    items = io.read_table_if_exists(spark, warehouse, ITEMS)
+    if items is None:
         return None
-    rows = io.read_table(spark, warehouse, ITEMS).select(ITEM_INDEX, "year", "genres").collect()
-    vocab = sorted({g for r in rows for g in (r["genres"] or []) if g})
+    rows = items.select(ITEM_INDEX, "year", "genres").collect()
     out: dict[str, np.ndarray] = {}
-    if vocab:
-        col = {g: j for j, g in enumerate(vocab)}
-        genres = np.zeros((n_items, len(vocab)), dtype=np.float32)
-        for r in rows:
-            if r[ITEM_INDEX] < n_items:
-                for g in r["genres"] or []:
-                    if g:
-                        genres[r[ITEM_INDEX], col[g]] = 1.0
+    genres = tables.genre_matrix({r[ITEM_INDEX]: r["genres"] for r in rows}, n_items)
+    if genres.any():
         out["genres"] = genres
     years = [(r[ITEM_INDEX], r["year"]) for r in rows if r["year"] is not None and r[ITEM_INDEX] < n_items]
     if years:

@@ -511,7 +511,7 @@ def require_columns(df: DataFrame, needed, what: str) -> None:
         raise ValueError(f"{what} lacks column(s) {missing}; has {df.columns}")
 
 
-CSV_SUFFIXES = (".csv", ".csv.gz", ".tsv", ".tsv.gz", ".txt")
+CSV_SUFFIXES = (".csv", ".csv.gz")
 
 
 def read_side_file(spark: SparkSession, path: str, *, setting: str, file_format: str | None = None,
@@ -520,9 +520,8 @@ def read_side_file(spark: SparkSession, path: str, *, setting: str, file_format:
 
     Args:
         setting: the config key that names ``path``, for the error messages.
-        file_format: ``csv`` or ``parquet``; None: by the name (``.csv``, ``.tsv``,
-            ``.txt``, optionally gzipped, are CSV; anything else, a file or a
-            directory, Parquet).
+        file_format: ``csv`` or ``parquet``; None: by the name (``.csv`` or
+            ``.csv.gz`` is CSV; anything else, a file or a directory, Parquet).
 
     CSV is read with RFC 4180 quoting (a field may hold the delimiter or a
     doubled quote: ``"Bird, The ""Big"" (1990)"``), every column as a string.

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import EVENT_TIME, ITEM_INDEX, USER_INDEX, WEIGHT
+from recsys_spark.schemas import EVENT_TIME, FOLD, ITEM_INDEX, LAST_TIME, SEGMENT, USER_INDEX, WEIGHT
 from recsys_spark.tables import aggregate_interactions
 
 _KEY = [USER_INDEX, ITEM_INDEX]
@@ -51,7 +51,7 @@ def _segment(held_out: DataFrame, known: DataFrame) -> DataFrame:
         held_out.join(known_users, USER_INDEX, "left")
         .join(known_items, ITEM_INDEX, "left")
         .withColumn(
-            "segment",
+            SEGMENT,
             F.when(F.col("_u").isNull(), "cold_user").when(F.col("_i").isNull(), "cold_item").otherwise("warm"),
         )
         .drop("_u", "_i")
@@ -59,7 +59,7 @@ def _segment(held_out: DataFrame, known: DataFrame) -> DataFrame:
 
 
 def _fold(df: DataFrame, name: str) -> DataFrame:
-    return df.select(*_KEY, WEIGHT, F.col("last_time"), "segment", F.lit(name).alias("fold"))
+    return df.select(*_KEY, WEIGHT, F.col(LAST_TIME), SEGMENT, F.lit(name).alias(FOLD))
 
 
 def temporal_split(
@@ -92,7 +92,7 @@ def temporal_split(
     before_test = train.select(*_KEY).unionByName(validation.select(*_KEY))
     test = test.join(before_test, _KEY, "left_anti")
     out = (
-        _fold(train.withColumn("segment", F.lit("warm")), "train")
+        _fold(train.withColumn(SEGMENT, F.lit("warm")), "train")
         .unionByName(_fold(_segment(validation, train), "validation"))
         .unionByName(_fold(_segment(test, before_test), "test"))
     )
@@ -105,7 +105,7 @@ def leave_last_n_split(interactions: DataFrame, *, n: int) -> tuple[DataFrame, d
     Users with at most ``2n`` interactions stay entirely in train: holding out
     their little history would leave nothing to learn from.
     """
-    w = Window.partitionBy(USER_INDEX).orderBy(F.col("last_time").desc(), F.col(ITEM_INDEX).desc())
+    w = Window.partitionBy(USER_INDEX).orderBy(F.col(LAST_TIME).desc(), F.col(ITEM_INDEX).desc())
     ranked = interactions.withColumn("_rn", F.row_number().over(w)).withColumn(
         "_n", F.count(F.lit(1)).over(Window.partitionBy(USER_INDEX))
     )
@@ -115,7 +115,7 @@ def leave_last_n_split(interactions: DataFrame, *, n: int) -> tuple[DataFrame, d
         .when(F.col("_rn") <= 2 * n, "validation")
         .otherwise("train")
     )
-    out = ranked.select(*_KEY, WEIGHT, "last_time", F.lit("warm").alias("segment"), fold.alias("fold"))
+    out = ranked.select(*_KEY, WEIGHT, LAST_TIME, F.lit("warm").alias(SEGMENT), fold.alias(FOLD))
     return _mark_cold_items(out), {"leave_n": n}
 
 
@@ -136,24 +136,24 @@ def random_split(
     n_train = F.round(F.col("_n") * train_ratio)
     n_fit = F.round(n_train * (1.0 - validation_ratio))
     fold = F.when(F.col("_rn") <= n_fit, "train").when(F.col("_rn") <= n_train, "validation").otherwise("test")
-    out = ranked.select(*_KEY, WEIGHT, "last_time", F.lit("warm").alias("segment"), fold.alias("fold"))
+    out = ranked.select(*_KEY, WEIGHT, LAST_TIME, F.lit("warm").alias(SEGMENT), fold.alias(FOLD))
     return _mark_cold_items(out), {"train_ratio": train_ratio, "validation_ratio": validation_ratio, "seed": seed}
 
 
 def _mark_cold_items(split: DataFrame) -> DataFrame:
     """Per-user protocols keep every user in train; items may still be unseen there."""
-    train = split.where(F.col("fold") == "train")
-    held = split.where(F.col("fold") != "train").drop("segment")
-    held_val = _segment(held.where(F.col("fold") == "validation"), train)
-    before_test = train.unionByName(split.where(F.col("fold") == "validation"))
-    held_test = _segment(held.where(F.col("fold") == "test"), before_test)
+    train = split.where(F.col(FOLD) == "train")
+    held = split.where(F.col(FOLD) != "train").drop(SEGMENT)
+    held_val = _segment(held.where(F.col(FOLD) == "validation"), train)
+    before_test = train.unionByName(split.where(F.col(FOLD) == "validation"))
+    held_test = _segment(held.where(F.col(FOLD) == "test"), before_test)
     return train.unionByName(held_val.select(*train.columns)).unionByName(held_test.select(*train.columns))
 
 
 def fold(split: DataFrame, name: str, *, segment: str | None = None) -> DataFrame:
     """Rows of one fold (optionally one segment)."""
-    out = split.where(F.col("fold") == name)
-    return out.where(F.col("segment") == segment) if segment else out
+    out = split.where(F.col(FOLD) == name)
+    return out.where(F.col(SEGMENT) == segment) if segment else out
 
 
 def training_rows(split: DataFrame, *, final: bool) -> DataFrame:
@@ -163,17 +163,17 @@ def training_rows(split: DataFrame, *, final: bool) -> DataFrame:
     so the union has one row per pair.
     """
     folds = ["train", "validation"] if final else ["train"]
-    return split.where(F.col("fold").isin(folds)).select(*_KEY, WEIGHT, "last_time")
+    return split.where(F.col(FOLD).isin(folds)).select(*_KEY, WEIGHT, LAST_TIME)
 
 
 def split_summary(split: DataFrame) -> dict:
     """Row and user counts per fold and segment (for the run report)."""
     rows = (
-        split.groupBy("fold", "segment")
+        split.groupBy(FOLD, SEGMENT)
         .agg(F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_INDEX).alias("users"))
         .collect()
     )
     out: dict = {}
     for r in rows:
-        out.setdefault(r["fold"], {})[r["segment"]] = {"rows": r["rows"], "users": r["users"]}
+        out.setdefault(r[FOLD], {})[r[SEGMENT]] = {"rows": r["rows"], "users": r["users"]}
     return out

@@ -18,20 +18,20 @@ from recsys_spark import io
 from recsys_spark.config import Config, ItemMetadataConf
 from recsys_spark.schemas import (
     EVENTS_CLEAN,
-    INTERACTIONS,
-    ITEM_INDEX_TABLE,
-    ITEMS,
-    USER_INDEX_TABLE,
-    USERS,
     EVENT_TIME,
     EVENT_TYPE,
     EVENT_TYPES,
+    INTERACTIONS,
+    ITEMS,
     ITEM_ID,
     ITEM_INDEX,
+    ITEM_INDEX_TABLE,
     LAST_TIME,
     SEEN,
+    USERS,
     USER_ID,
     USER_INDEX,
+    USER_INDEX_TABLE,
     VALUE,
     WEIGHT,
 )
@@ -127,7 +127,7 @@ def aggregate_interactions(
             .alias(WEIGHT),
             F.count(F.lit(1)).alias("event_count"),
             F.min(EVENT_TIME).alias("first_time"),
-            F.max(EVENT_TIME).alias("last_time"),
+            F.max(EVENT_TIME).alias(LAST_TIME),
         )
     )
 

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+from recsys_spark.schemas import ITEM_INDEX, RANK, USER_INDEX
 
 _SPARK_METRICS = {
     "precision": "precisionAtK",
@@ -58,15 +58,15 @@ def ranking_metrics(
         ``{metric}_at_{k}`` for precision, recall, ndcg, map, hit_rate, coverage
         (and popularity_percentile), plus ``mrr`` (over the top max(ks)) and ``users``.
     """
-    io.require_columns(recs, [USER_INDEX, ITEM_INDEX, "rank"], "recommendations")
+    io.require_columns(recs, [USER_INDEX, ITEM_INDEX, RANK], "recommendations")
     io.require_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
     ks = sorted(set(int(k) for k in ks))
     max_k = ks[-1]
-    recs = recs.where(F.col("rank") <= max_k)
+    recs = recs.where(F.col(RANK) <= max_k)
 
     predictions = recs.groupBy(USER_INDEX).agg(
         F.transform(
-            F.array_sort(F.collect_list(F.struct("rank", ITEM_INDEX))), lambda x: x[ITEM_INDEX]
+            F.array_sort(F.collect_list(F.struct(RANK, ITEM_INDEX))), lambda x: x[ITEM_INDEX]
         ).alias("prediction")
     )
     # One row per evaluated user: its top max(ks) as hit flags (1 where the item is relevant).
@@ -89,7 +89,7 @@ def ranking_metrics(
     # Coverage@K over the catalog; recommendations of the evaluated users only.
     evaluated_recs = recs.join(per_user.select(USER_INDEX), USER_INDEX, "left_semi")
     cov = evaluated_recs.agg(
-        *[F.countDistinct(F.when(F.col("rank") <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]
+        *[F.countDistinct(F.when(F.col(RANK) <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]
     ).first()
     for k in ks:
         out[f"coverage_at_{k}"] = cov[f"c{k}"] / float(n_items)
@@ -102,7 +102,7 @@ def ranking_metrics(
             ITEM_INDEX, F.percent_rank().over(Window.orderBy("popularity")).alias("pop_pct")
         )
         pop = evaluated_recs.join(pct, ITEM_INDEX, "left").agg(
-            *[F.avg(F.when(F.col("rank") <= k, F.coalesce("pop_pct", F.lit(0.0)))).alias(f"p{k}") for k in ks]
+            *[F.avg(F.when(F.col(RANK) <= k, F.coalesce("pop_pct", F.lit(0.0)))).alias(f"p{k}") for k in ks]
         ).first()
         for k in ks:
             out[f"popularity_percentile_at_{k}"] = float(pop[f"p{k}"] or 0.0)

@@ -26,12 +26,12 @@ from recsys_spark.config import Config
 from recsys_spark.models import fitted
 from recsys_spark.models.fitted import FittedModel
 from recsys_spark.memory import MemoryBudgetError
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+from recsys_spark.schemas import ITEM_INDEX, LAST_TIME, USER_INDEX
 
 
 def popularity_scores(train: DataFrame, *, n_items: int, since=None) -> np.ndarray:
     """Per-item popularity (distinct users) in ``train``, optionally only rows with ``last_time >= since``."""
-    rows = train if since is None else train.where(F.col("last_time") >= F.lit(since))
+    rows = train if since is None else train.where(F.col(LAST_TIME) >= F.lit(since))
     counts = rows.groupBy(ITEM_INDEX).agg(F.countDistinct(USER_INDEX).alias("n")).collect()
     pop = np.zeros(n_items, dtype=np.float32)
     for r in counts:
@@ -43,7 +43,7 @@ def popularity_vector(train: DataFrame, n_items: int, *, recent_days: int | None
     """Distinct users per item; with ``recent_days`` only the window before the latest training time."""
     since = None
     if recent_days is not None:
-        latest = train.agg(F.max("last_time")).first()[0]
+        latest = train.agg(F.max(LAST_TIME)).first()[0]
         since = latest - dt.timedelta(days=recent_days)
     return popularity_scores(train, n_items=n_items, since=since)
 

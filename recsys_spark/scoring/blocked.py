@@ -19,9 +19,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+from recsys_spark.schemas import RANK, SCORE, SEEN
 
 TOPK_SCHEMA = "user_index int, item_index int, score float, rank int"
 
@@ -31,11 +30,6 @@ class BatchScorer(Protocol):
 
     def score(self, batch: pd.DataFrame):  # -> torch.Tensor [len(batch), n_items]
         ...
-
-
-def user_histories(train: DataFrame) -> DataFrame:
-    """``user_index``, ``seen`` (array of item indexes the user has in ``train``)."""
-    return train.groupBy(USER_INDEX).agg(F.collect_list(ITEM_INDEX).alias("seen"))
 
 
 def mask_seen(scores, seen_lists) -> None:
@@ -90,7 +84,7 @@ def top_k(
                 chunk = pdf.iloc[start : start + batch_users]
                 scores = scorer.score(chunk)
                 if exclude_seen:
-                    mask_seen(scores, chunk["seen"])
+                    mask_seen(scores, chunk[SEEN])
                 values, items = top_k_rows(scores, min(k, scores.shape[1]))
                 kk = values.shape[1]
                 values_np, items_np = values.numpy(), items.numpy().astype(np.int32)
@@ -101,8 +95,8 @@ def top_k(
                     {
                         "user_index": users_np[ok],
                         "item_index": items_np[ok],
-                        "score": values_np[ok].astype(np.float32),
-                        "rank": ranks[ok],
+                        SCORE: values_np[ok].astype(np.float32),
+                        RANK: ranks[ok],
                     }
                 )
 

@@ -12,6 +12,7 @@ import pandas as pd
 from pyspark.sql import SparkSession
 
 from recsys_spark.memory import require_broadcast
+from recsys_spark.schemas import FACTORS, SEEN
 
 
 class DotProductScorer:
@@ -43,7 +44,7 @@ class DotProductScorer:
             # [rank, n_items] contiguous: MKL's GEMM is about 1.5x faster on it than
             # on the transposed view of the broadcast matrix.
             self._items_t = torch.from_numpy(self._items.value).T.contiguous()
-        users = torch.from_numpy(np.stack(batch["factors"].to_numpy()).astype(np.float32))
+        users = torch.from_numpy(np.stack(batch[FACTORS].to_numpy()).astype(np.float32))
         # One score buffer reused across batches: a fresh [batch, n_items] block is
         # large enough for malloc to mmap it, and its page faults cost more than the
         # matmul (measured 50 vs 13 us per user at 512 x 20k). top_k copies what it
@@ -140,7 +141,7 @@ class ItemItemScorer:
                 warnings.simplefilter("ignore", UserWarning)
                 self._b = torch.from_numpy(self.matrix.value)
         known = self._b.shape[0]
-        histories = [np.asarray(s if s is not None else [], dtype=np.int64) for s in batch["seen"]]
+        histories = [np.asarray(s if s is not None else [], dtype=np.int64) for s in batch[SEEN]]
         histories = [np.unique(h[h < known]) for h in histories]
         lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
         crow = torch.from_numpy(np.concatenate([[0], np.cumsum(lengths)]))

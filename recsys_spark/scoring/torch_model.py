@@ -30,6 +30,7 @@ import torch
 from recsys_spark.memory import require_broadcast
 from recsys_spark.models import registry
 from recsys_spark.models.base import RecModel
+from recsys_spark.schemas import SEEN
 
 # model id -> loaded model, in this Python process. Small: a worker may score a
 # few models in one job (evaluation of several candidates); the oldest goes.
@@ -130,7 +131,7 @@ class TorchModelScorer:
         users = torch.from_numpy(batch["user_index"].to_numpy(dtype=np.int64))
         known = (users >= 0) & (users < self.n_users)
         if self._reads_history:
-            history, history_len = padded_histories(batch["seen"], n_items=self.n_items, length=self.history_length)
+            history, history_len = padded_histories(batch[SEEN], n_items=self.n_items, length=self.history_length)
         else:
             history, history_len = torch.full((len(users), 1), self.n_items), torch.zeros(len(users), dtype=torch.long)
         with torch.no_grad():

@@ -14,7 +14,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import io
 from recsys_spark.models.fitted import FittedModel
-from recsys_spark.schemas import ITEM_ID, SOURCE, USER_INDEX
+from recsys_spark.schemas import ITEM_ID, SEEN, SOURCE, USER_INDEX
 from recsys_spark.scoring.blocked import top_k
 from recsys_spark.scoring.scorers import CatalogScorer
 
@@ -41,16 +41,16 @@ def assign_sources(
     given. Everyone else gets the popularity fallback.
     """
     users = user_index.select(USER_INDEX).join(histories, USER_INDEX, "left").withColumn(
-        "seen", F.coalesce(F.col("seen"), F.array().cast("array<int>"))
-    ).withColumn("n_history", F.size("seen"))
+        SEEN, F.coalesce(F.col(SEEN), F.array().cast("array<int>"))
+    ).withColumn("n_history", F.size(SEEN))
     ok = F.col("n_history") >= F.lit(min_history)
     if max_users is not None:
         ok = ok & (F.col(USER_INDEX) < F.lit(max_users))
     if model_users is not None:
         users = users.join(model_users.select(USER_INDEX).withColumn("_has_model", F.lit(True)), USER_INDEX, "left")
         ok = ok & F.col("_has_model").isNotNull()
-    return users.withColumn("source", F.when(ok, SOURCE_MODEL).otherwise(SOURCE_FALLBACK)).select(
-        USER_INDEX, "seen", "n_history", "source"
+    return users.withColumn(SOURCE, F.when(ok, SOURCE_MODEL).otherwise(SOURCE_FALLBACK)).select(
+        USER_INDEX, SEEN, "n_history", SOURCE
     )
 
 

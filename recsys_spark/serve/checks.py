@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from recsys_spark import io
-from recsys_spark.schemas import ITEM_ID, RECOMMENDATIONS, USER_ID, USER_INDEX
+from recsys_spark.schemas import ITEM_ID, RANK, RECOMMENDATIONS, SCORE, SEEN, SOURCE, USER_ID, USER_INDEX
 from recsys_spark.serve.candidates import SOURCE_FALLBACK, SOURCE_MODEL, SOURCES
 
 
@@ -39,7 +39,7 @@ def expected_counts(
     def run(batches):
         for pdf in batches:
             counts = []
-            for seen, source in zip(pdf["seen"], pdf["source"]):
+            for seen, source in zip(pdf[SEEN], pdf[SOURCE]):
                 mask = masks[source]
                 total = int(mask.sum())
                 if exclude_seen and seen is not None and len(seen):
@@ -47,10 +47,10 @@ def expected_counts(
                     s = s[(s >= 0) & (s < len(mask))]
                     total -= int(mask[s].sum())
                 counts.append(min(n, total))
-            yield pd.DataFrame({"user_index": pdf["user_index"].astype(np.int32), "source": pdf["source"],
+            yield pd.DataFrame({"user_index": pdf["user_index"].astype(np.int32), SOURCE: pdf[SOURCE],
                                 "expected_n": np.asarray(counts, dtype=np.int32)})
 
-    return users.select(USER_INDEX, "seen", "source").mapInPandas(
+    return users.select(USER_INDEX, SEEN, SOURCE).mapInPandas(
         run, "user_index int, source string, expected_n int"
     )
 
@@ -94,8 +94,8 @@ def validate(
             any_null = any_null | F.col(f.name).isNull()
     row_rules = {
         "null in a required column": any_null,
-        "score not finite": F.isnan("score") | F.col("score").isin(float("inf"), float("-inf")),
-        f"source not one of {list(SOURCES)}": ~F.col("source").isin(*SOURCES),
+        "score not finite": F.isnan(SCORE) | F.col(SCORE).isin(float("inf"), float("-inf")),
+        f"source not one of {list(SOURCES)}": ~F.col(SOURCE).isin(*SOURCES),
         f"model is not '{model}'": F.col("model") != F.lit(model),
     }
     rows = recs
@@ -112,20 +112,20 @@ def validate(
     aggs += [
         F.count(F.lit(1)).alias("n_rows"),
         F.size(F.collect_set(ITEM_ID)).alias("n_items"),
-        F.min("rank").alias("min_rank"),
-        F.max("rank").alias("max_rank"),
-        F.size(F.collect_set("rank")).alias("n_ranks"),
-        F.size(F.collect_set("source")).alias("n_sources"),
-        F.first("source").alias("got_source"),
+        F.min(RANK).alias("min_rank"),
+        F.max(RANK).alias("max_rank"),
+        F.size(F.collect_set(RANK)).alias("n_ranks"),
+        F.size(F.collect_set(SOURCE)).alias("n_sources"),
+        F.first(SOURCE).alias("got_source"),
     ]
     if not reranked:
-        aggs.append(F.array_sort(F.collect_list(F.struct("rank", "score"))).alias("_by_rank"))
+        aggs.append(F.array_sort(F.collect_list(F.struct(RANK, SCORE))).alias("_by_rank"))
     per_user = rows.groupBy(USER_ID).agg(*aggs)
     if not reranked:
         per_user = per_user.withColumn("rising", F.expr(
             "exists(sequence(1, greatest(size(_by_rank) - 1, 1)), "
             "i -> size(_by_rank) > 1 AND _by_rank[i].score > _by_rank[i - 1].score)")).drop("_by_rank")
-    joined = per_user.join(expected.select(USER_ID, "source", "expected_n"), USER_ID, "full_outer")
+    joined = per_user.join(expected.select(USER_ID, SOURCE, "expected_n"), USER_ID, "full_outer")
 
     has_rows, known = F.col("n_rows").isNotNull(), F.col("expected_n").isNotNull()
     # (name, condition on a per-user row, count expression, example columns)
@@ -141,7 +141,7 @@ def validate(
             (F.col("min_rank") != 1) | (F.col("max_rank") != F.col("n_rows")) | (F.col("n_ranks") != F.col("n_rows"))),
          [USER_ID, "min_rank", "max_rank", "n_rows"]),
         ("wrong source for a user", has_rows & known & (
-            (F.col("n_sources") > 1) | (F.col("got_source") != F.col("source"))), [USER_ID, "got_source", "source"]),
+            (F.col("n_sources") > 1) | (F.col("got_source") != F.col(SOURCE))), [USER_ID, "got_source", SOURCE]),
     ]
     if not reranked:
         user_rules.append(("score rises with rank (users)", has_rows & F.col("rising"), [USER_ID]))
@@ -199,7 +199,7 @@ def quality_gate(
 
 def output_counts(recs: DataFrame, n_items: int) -> dict:
     """Rows, users (by source), distinct items and catalog coverage of an output."""
-    by_source = {r["source"]: {"users": r["users"], "rows": r["rows"]} for r in recs.groupBy("source").agg(
+    by_source = {r[SOURCE]: {"users": r["users"], "rows": r["rows"]} for r in recs.groupBy(SOURCE).agg(
         F.countDistinct(USER_ID).alias("users"), F.count(F.lit(1)).alias("rows")).collect()}
     distinct_items = recs.select(ITEM_ID).distinct().count()
     return {

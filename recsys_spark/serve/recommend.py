@@ -18,10 +18,13 @@ from recsys_spark.config import Config
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import (
     INTERACTIONS,
+    ITEMS,
     ITEM_ID,
     ITEM_INDEX,
     ITEM_INDEX_TABLE,
-    ITEMS,
+    RANK,
+    SCORE,
+    SOURCE,
     USER_ID,
     USER_INDEX,
     USER_INDEX_TABLE,
@@ -42,7 +45,7 @@ def to_raw_ids(recs: DataFrame, user_index: DataFrame, item_index: DataFrame, *,
         recs.join(user_index.select(USER_INDEX, USER_ID), USER_INDEX)
         .join(F.broadcast(items), ITEM_INDEX)
         .join(F.broadcast(why), "explanation_index", "left")
-        .select(USER_ID, ITEM_ID, "rank", "score", F.lit(model).alias("model"), "source", "explanation")
+        .select(USER_ID, ITEM_ID, RANK, SCORE, F.lit(model).alias("model"), SOURCE, "explanation")
     )
 
 
@@ -152,7 +155,7 @@ def run(
     if conf.exclude_seen:
         seen_pairs = (interactions.select(USER_INDEX, ITEM_INDEX).join(ids, USER_INDEX)
                       .join(F.broadcast(item_index.select(ITEM_INDEX, ITEM_ID)), ITEM_INDEX).select(USER_ID, ITEM_ID))
-    checks = Checks(expected=expected.join(ids, USER_INDEX).select(USER_ID, "source", "expected_n"),
+    checks = Checks(expected=expected.join(ids, USER_INDEX).select(USER_ID, SOURCE, "expected_n"),
                     seen=seen_pairs, excluded=excluded_ids, reranked=mmr)
     try:
         return publish(

@@ -11,7 +11,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import ITEM_INDEX, USER_INDEX
+from recsys_spark.schemas import ITEM_INDEX, RANK, SCORE, SEEN, SOURCE, USER_INDEX
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:
@@ -162,7 +162,7 @@ class PostProcessor:
                 items, scores = self._mmr(items, scores, vectors)
             else:
                 items, scores = [i[: self.n] for i in items], [s[: self.n] for s in scores]
-            for user, source, it, sc, seen in zip(chunk["user_index"], chunk["source"], items, scores, chunk["seen"]):
+            for user, source, it, sc, seen in zip(chunk["user_index"], chunk[SOURCE], items, scores, chunk[SEEN]):
                 if (vectors is not None or item_item is not None) and seen is not None and len(seen):
                     why = explain(it, np.asarray(seen, dtype=np.int64), vectors, item_item=item_item)
                 else:
@@ -170,15 +170,15 @@ class PostProcessor:
                 out.append(pd.DataFrame({
                     "user_index": np.full(len(it), user, dtype=np.int32),
                     "item_index": it.astype(np.int32),
-                    "score": sc.astype(np.float32),
-                    "rank": np.arange(1, len(it) + 1, dtype=np.int32),
-                    "source": source,
+                    SCORE: sc.astype(np.float32),
+                    RANK: np.arange(1, len(it) + 1, dtype=np.int32),
+                    SOURCE: source,
                     "explanation_index": pd.array([int(v) if v >= 0 else None for v in why], dtype="Int32"),
                 }))
         if not out:
             return pd.DataFrame({c: pd.Series(dtype=t) for c, t in [
-                ("user_index", "int32"), ("item_index", "int32"), ("score", "float32"), ("rank", "int32"),
-                ("source", "object"), ("explanation_index", "Int32")]})
+                ("user_index", "int32"), ("item_index", "int32"), (SCORE, "float32"), (RANK, "int32"),
+                (SOURCE, "object"), ("explanation_index", "Int32")]})
         return pd.concat(out, ignore_index=True)
 
     def _mmr(self, items, scores, vectors):
@@ -211,12 +211,12 @@ def finalize(cands: DataFrame, users: DataFrame, post: PostProcessor | None, *, 
     see the whole pool.
     """
     if post is None:
-        return cands.where(F.col("rank") <= n).withColumn("explanation_index", F.lit(None).cast("int"))
-    pooled = F.sort_array(F.collect_list(F.struct("rank", ITEM_INDEX, "score")))
+        return cands.where(F.col(RANK) <= n).withColumn("explanation_index", F.lit(None).cast("int"))
+    pooled = F.sort_array(F.collect_list(F.struct(RANK, ITEM_INDEX, SCORE)))
     grouped = (
-        cands.groupBy(USER_INDEX, "source").agg(pooled.alias("_c"))
-        .select(USER_INDEX, "source", F.col(f"_c.{ITEM_INDEX}").alias("items"), F.col("_c.score").alias("scores"))
-        .join(users.select(USER_INDEX, "seen"), USER_INDEX, "left")
+        cands.groupBy(USER_INDEX, SOURCE).agg(pooled.alias("_c"))
+        .select(USER_INDEX, SOURCE, F.col(f"_c.{ITEM_INDEX}").alias("items"), F.col("_c.score").alias("scores"))
+        .join(users.select(USER_INDEX, SEEN), USER_INDEX, "left")
     )
 
     def run(batches):

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import io, tables
-from recsys_spark.schemas import ITEM_INDEX, SEEN, USER_INDEX, WEIGHT
+from recsys_spark.schemas import ITEM_INDEX, LAST_TIME, SEEN, USER_INDEX, WEIGHT
 
 PAIRS = "pairs"
 HISTORIES = "histories"
@@ -68,7 +68,7 @@ def user_histories(rows: DataFrame, *, n_items: int, history_length: int) -> Dat
     Args:
         rows: training rows (``user_index``, ``item_index``, ``last_time``).
     """
-    io.require_columns(rows, [USER_INDEX, ITEM_INDEX, "last_time"], "training rows")
+    io.require_columns(rows, [USER_INDEX, ITEM_INDEX, LAST_TIME], "training rows")
     if history_length < 1:
         raise ValueError(f"neural.history_length must be at least 1, got {history_length}")
     L = int(history_length)
@@ -90,7 +90,7 @@ def training_examples(
     """The examples one epoch iterates over, in the batch format of ``input_kind``."""
     if input_kind not in INPUT_KINDS:
         raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got '{input_kind}'")
-    io.require_columns(rows, [USER_INDEX, ITEM_INDEX, WEIGHT, "last_time"], "training rows")
+    io.require_columns(rows, [USER_INDEX, ITEM_INDEX, WEIGHT, LAST_TIME], "training rows")
     if input_kind == HISTORIES:
         return user_histories(rows, n_items=n_items, history_length=history_length)
     pairs = rows.select(

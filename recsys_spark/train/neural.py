@@ -31,7 +31,7 @@ from recsys_spark.evaluate import folds
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, fitted, registry
 from recsys_spark.models.fitted import FittedModel
-from recsys_spark.schemas import ITEM_INDEX, ITEMS, USER_INDEX, WEIGHT
+from recsys_spark.schemas import FACTORS, ITEMS, ITEM_INDEX, LAST_TIME, USER_INDEX, WEIGHT
 from recsys_spark.train import checkpoint, data, distributed
 from recsys_spark.train.loop import TrainSettings
 
@@ -123,7 +123,7 @@ def data_fingerprint(rows: DataFrame) -> dict[str, Any]:
         F.count(F.lit(1)).alias("rows"),
         F.sum(WEIGHT).alias("weight"),
         F.sum(F.xxhash64(USER_INDEX, ITEM_INDEX)).alias("pairs"),
-        F.max("last_time").alias("last_time"),
+        F.max(LAST_TIME).alias(LAST_TIME),
     ).first()
     return {k: str(v) for k, v in r.asDict().items()}
 
@@ -349,7 +349,7 @@ def user_factor_table(spark: SparkSession, fitted: TrainedNetwork, train_rows: D
                         torch.as_tensor(chunk["history_len"].to_numpy(dtype=np.int64)),
                     ).float().numpy()
                 yield pd.DataFrame({USER_INDEX: chunk[USER_INDEX].to_numpy(dtype=np.int32),
-                                    "factors": list(vectors)})
+                                    FACTORS: list(vectors)})
 
     return histories.mapInPandas(run, f"{USER_INDEX} int, factors array<float>")
 

@@ -9,8 +9,10 @@ what it allows and the file or ``--set`` it came from. Each layer is checked
 on its own (so the message names the right file); the checks that tie keys
 together (a weight for every event type, the primary metric's k among
 ``evaluation.ks``) run once, on the merged result. Values from ``--set`` are
-parsed as YAML scalars (never ``eval``). The resolved config is written beside
-each job's output (``to_dict``).
+parsed as YAML scalars (never ``eval``). The resolved config (``to_dict``) is
+recorded where a reader needs to trust an output: in every model's
+``metadata.json`` and in the published run's ``_manifest.json``; the clean
+report records the dataset and clean sections it ran with.
 
 The defaults below are the values ``conf/base.yaml`` (and the synthetic
 dataset's file, for ``synthetic``) write out with their comments;

@@ -17,6 +17,7 @@ Batches are dicts of tensors, as the data path delivers them:
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -82,3 +83,19 @@ class RecModel(torch.nn.Module):
 
     def item_vectors(self) -> torch.Tensor:
         raise NotImplementedError
+
+
+def state_dict_bytes(state: "dict[str, torch.Tensor] | torch.nn.Module") -> bytes:
+    """A state dict (or a module's) as ``torch.save`` bytes, tensors on the CPU: what
+    ``model.pt``, the trainer's results and the scorers' broadcasts carry."""
+    if isinstance(state, torch.nn.Module):
+        state = state.state_dict()
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    return buf.getvalue()
+
+
+def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
+    """The state dict :func:`state_dict_bytes` wrote, read with ``weights_only=True``:
+    tensors only, never pickled code."""
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)

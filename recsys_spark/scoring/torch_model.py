@@ -18,7 +18,6 @@ Usage::
 from __future__ import annotations
 
 import hashlib
-import io
 import uuid
 from collections import OrderedDict
 from typing import Any
@@ -29,20 +28,13 @@ import torch
 
 from recsys_spark.memory import require_broadcast
 from recsys_spark.models import registry
-from recsys_spark.models.base import RecModel
+from recsys_spark.models.base import RecModel, state_dict_bytes, state_dict_from_bytes
 from recsys_spark.schemas import SEEN
 
 # model id -> loaded model, in this Python process. Small: a worker may score a
 # few models in one job (evaluation of several candidates); the oldest goes.
 _CACHE: OrderedDict[str, RecModel] = OrderedDict()
 _CACHE_SIZE = 2
-
-
-def state_dict_bytes(model: torch.nn.Module) -> bytes:
-    """A model's state dict serialised with ``torch.save`` (tensors moved to the CPU)."""
-    buf = io.BytesIO()
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buf)
-    return buf.getvalue()
 
 
 def model_from_bytes(name: str, state_dict_bytes: bytes, build_kwargs: dict[str, Any]) -> RecModel:
@@ -53,8 +45,7 @@ def model_from_bytes(name: str, state_dict_bytes: bytes, build_kwargs: dict[str,
     The bytes are read with ``weights_only=True``: tensors only, no pickled code.
     """
     model = registry.get(name).build(**build_kwargs)
-    state = torch.load(io.BytesIO(state_dict_bytes), map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    model.load_state_dict(state_dict_from_bytes(state_dict_bytes))
     return model.eval()
 
 

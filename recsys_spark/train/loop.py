@@ -35,7 +35,6 @@ tensors in tests and benchmarks, or by anything that replaces Petastorm later.
 from __future__ import annotations
 
 import contextlib
-import io
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -46,7 +45,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from recsys_spark.models.base import RecModel, TrainContext
+from recsys_spark.models.base import RecModel, TrainContext, state_dict_bytes, state_dict_from_bytes
 from recsys_spark.train import checkpoint as ckpt
 from recsys_spark.train.local_metrics import ValidationSet, model_metric_total, parse_metric
 
@@ -208,16 +207,6 @@ def _peak_rss_mb() -> float:
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def state_dict_bytes(state: dict[str, torch.Tensor]) -> bytes:
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    return buf.getvalue()
-
-
-def state_dict_from_bytes(data: bytes) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
 
 
 def _broadcast_object(obj: Any, world_size: int, device: torch.device) -> Any:

@@ -188,6 +188,11 @@ def read_json(spark: SparkSession, path: str) -> Any:
     return json.loads(read_text(spark, path))
 
 
+def read_json_if_exists(spark: SparkSession, path: str) -> Any | None:
+    """:func:`read_json`, or None when there is no such file (a first run, a pointer not yet written)."""
+    return read_json(spark, path) if path_exists(spark, path) else None
+
+
 def publish_directory(spark: SparkSession, staging: str, final: str) -> None:
     """Move a finished staging directory into place, replacing what was there.
 

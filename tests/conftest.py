@@ -71,3 +71,12 @@ def ml100k_dir() -> Path:
     if not (ML100K / "ratings.csv").exists():
         pytest.skip(f"MovieLens 100K not found at {ML100K} (it lives in ../shared, never in the repo)")
     return ML100K
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now (for a one-process torch.distributed group)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import socket
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
+from tests.conftest import free_port
 from tests.test_trainer import MarchingScores, marching_run
 from recsys_spark.train import checkpoint, distributed, loop
 from recsys_spark.train.local_metrics import UserItems, ValidationSet
@@ -100,12 +100,6 @@ class _MarchingData:
         return 1
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def _one_rank(monkeypatch):
     """torchrun's environment for one rank in this process; what _worker chose is recorded."""
@@ -121,7 +115,7 @@ def _one_rank(monkeypatch):
         return real_init(backend=backend, **kw)
 
     for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                       "MASTER_PORT": str(_free_port())}.items():
+                       "MASTER_PORT": str(free_port())}.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(loop, "train", train)
     monkeypatch.setattr(torch.distributed, "init_process_group", init_process_group)

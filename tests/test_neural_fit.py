@@ -10,7 +10,6 @@ tested on its own in tests/test_trainer.py.
 from __future__ import annotations
 
 import datetime as dt
-import socket
 
 import numpy as np
 import pandas as pd
@@ -18,7 +17,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from tests.conftest import load_job
+from tests.conftest import free_port, load_job
 from tests.test_trainer import N_ITEMS, N_USERS, T0, TinyMF, _write_planted_warehouse, planted
 from recsys_spark import schemas
 from recsys_spark.scoring import blocked, scorers
@@ -26,12 +25,6 @@ from recsys_spark.config import load_config
 from recsys_spark.train import checkpoint, distributed, loop, neural
 
 pytestmark = pytest.mark.spark
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -42,7 +35,7 @@ def in_process_training(monkeypatch):
     def run(spark, job, *, num_processes):
         assert num_processes == 1, "in-process training is one rank"
         for key, value in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
-                           "MASTER_PORT": str(_free_port())}.items():
+                           "MASTER_PORT": str(free_port())}.items():
             monkeypatch.setenv(key, value)
         return distributed._worker(job)
 

@@ -45,8 +45,7 @@ def published_runs(spark: SparkSession, warehouse: str) -> list[str]:
 
 
 def read_latest(spark: SparkSession, warehouse: str) -> dict | None:
-    path = f"{io.recommendations_root(warehouse)}/{LATEST}"
-    return io.read_json(spark, path) if io.path_exists(spark, path) else None
+    return io.read_json_if_exists(spark, f"{io.recommendations_root(warehouse)}/{LATEST}")
 
 
 def latest_manifest(spark: SparkSession, warehouse: str) -> dict | None:
@@ -54,8 +53,7 @@ def latest_manifest(spark: SparkSession, warehouse: str) -> dict | None:
     latest = read_latest(spark, warehouse)
     if not latest:
         return None
-    path = f"{io.recommendations_run_path(warehouse, latest['run_date'])}/{MANIFEST}"
-    return io.read_json(spark, path) if io.path_exists(spark, path) else None
+    return io.read_json_if_exists(spark, f"{io.recommendations_run_path(warehouse, latest['run_date'])}/{MANIFEST}")
 
 
 def write_latest(spark: SparkSession, warehouse: str) -> dict | None:

@@ -69,6 +69,16 @@ def metrics_path(warehouse: str, run_date: str, name: str) -> str:
     return f"{metrics_dir(warehouse, run_date)}/{name}"
 
 
+def run_manifest_path(warehouse: str, run_date: str) -> str:
+    """``runs/run_date=D/manifest.json``: every stage of that date's nightly run (recsys_spark.nightly)."""
+    return f"{warehouse.rstrip('/')}/runs/run_date={run_date}/manifest.json"
+
+
+def run_lock_path(warehouse: str) -> str:
+    """``_run.lock``: held by the one nightly run working on this warehouse."""
+    return f"{warehouse.rstrip('/')}/_run.lock"
+
+
 def recommendations_root(warehouse: str) -> str:
     """The parent of every published run (``run_date=D`` folders and ``_latest.json``)."""
     return table_path(warehouse, "recommendations", run_date="x").rsplit("/", 1)[0]

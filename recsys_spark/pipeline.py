@@ -22,6 +22,11 @@ Exit status (docs/operations.md, "Exit codes"):
 * 1 nothing was published (a required stage failed)
 * 2 a usage or config error (a job said so with its own exit code 2); nothing published
 * 3 recommendations were published, but some model (or the evaluation) failed
+* 4 another run holds the warehouse's lock; nothing run
+
+With a :class:`Resume` (what ``jobs/pipeline.py`` passes), each stage's
+result goes into the date's run manifest, and a rerun of the same date skips
+the stages that succeeded with unchanged inputs (:mod:`recsys_spark.nightly`).
 """
 from __future__ import annotations
 
@@ -39,11 +44,11 @@ from contextlib import redirect_stderr, redirect_stdout
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from recsys_spark.session import exit_code_of
 
-EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL = 0, 1, 2, 3
+EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4
 
 POPULARITY_MODELS = ("popularity", "popularity_recent")
 
@@ -114,7 +119,7 @@ def selected(stages: Sequence[Stage], wanted: str | None) -> list[Stage]:
 @dataclass
 class StageResult:
     stage: str
-    status: str  # ok | failed
+    status: str  # ok | failed | skipped (done earlier for this date, inputs unchanged)
     seconds: int
     started_at: int
     ended_at: int
@@ -136,12 +141,43 @@ class RunStatus:
                            "stages": [asdict(s) for s in self.stages]}, indent=2)
 
 
-# A stage runner: (stage, full argv for its job, log path) -> (exit code, failure reason or None).
-StageRunner = Callable[[Stage, list[str], Path], tuple[int, str | None]]
+# A stage runner: (stage, full argv for its job, log path) -> (exit code, failure reason or None)
+# or (exit code, reason, the job's report).
+StageRunner = Callable[[Stage, list[str], Path], tuple]
+
+
+@dataclass
+class Resume:
+    """What makes a run resumable: the date's manifest and how to fingerprint a stage's inputs.
+
+    Attributes:
+        manifest: the run date's :class:`recsys_spark.nightly.RunManifest`.
+        config: the resolved config's hash (a changed config reruns every stage).
+        paths: a stage -> (input paths, output paths).
+        from_stage: rerun from this stage (its first word) on; the ones before it are skipped.
+        force: rerun every stage.
+    """
+
+    manifest: Any
+    config: str
+    paths: Callable[[Stage], tuple[list[str], list[str]]]
+    from_stage: str | None = None
+    force: bool = False
+
+    def skip_reason(self, stage: Stage, argv: list[str], inputs: dict[str, str], *, before_from: bool) -> str | None:
+        """Why ``stage`` need not run, or None when it must."""
+        last = self.manifest.stages.get(stage.name) or {}
+        if before_from:
+            return f"before --from {self.from_stage}"
+        if self.force or self.from_stage is not None:
+            return None  # --force, and --from for this stage and the ones after it: always run
+        if self.manifest.unchanged(stage.name, argv=argv, config=self.config, inputs=inputs):
+            return f"done at {last.get('ended_at_utc', '?')}, inputs unchanged"
+        return None
 
 
 def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner, *, log_dir: Path,
-        mode: str, out: TextIO | None = None) -> RunStatus:
+        mode: str, out: TextIO | None = None, resume: Resume | None = None) -> RunStatus:
     """Run ``stages`` in order through ``run_stage`` and return the run's status (also written to
     ``log_dir/status.json`` after every stage, so a killed run still shows how far it got).
 
@@ -160,27 +196,62 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
     trained: list[str] = []
     partial = False
 
+    run_started = time.time()
+
     def finish(outcome: str, code: int) -> RunStatus:
         status.outcome, status.exit_code = outcome, code
         _write(log_dir, status)
+        if resume is not None:
+            resume.manifest.runs.append({"started_at_utc": _utc(run_started), "ended_at_utc": _utc(time.time()),
+                                         "outcome": outcome, "exit_code": code, "mode": mode,
+                                         "from": resume.from_stage, "force": resume.force,
+                                         "status": str(log_dir / "status.json")})
+            resume.manifest.save()
         say(f"pipeline: {outcome} (exit {code}); status: {log_dir / 'status.json'}")
         return status
 
+    before_from = resume is not None and resume.from_stage is not None
     for stage in stages:
         argv = [*stage.args]
         if stage.takes_models and trained:
             argv += ["--models", ",".join(trained)]
         argv += list(job_args)
         log = log_dir / f"{stage.name.replace(' ', '_')}.log"
+        if before_from and stage.key == resume.from_stage:
+            before_from = False
+        inputs = output_paths = None
+        if resume is not None:
+            from recsys_spark import nightly
+
+            input_paths, output_paths = resume.paths(stage)
+            inputs = nightly.fingerprints(input_paths)
+            why = resume.skip_reason(stage, argv, inputs, before_from=before_from)
+            if why is not None:
+                now = int(time.time())
+                status.stages.append(StageResult(stage.name, "skipped", 0, now, now, str(log), why))
+                _write(log_dir, status)
+                say(f"{stage.name:<34}skipped ({why})")
+                if (resume.manifest.stages.get(stage.name) or {}).get("status") == "ok":
+                    trained += stage.models
+                continue
         started = time.time()
         say(f"{stage.name:<34}", end="")
-        code, reason = run_stage(stage, argv, log)
+        code, reason, *rest = run_stage(stage, argv, log)
         ended = time.time()
         seconds = int(round(ended - started))
         result = StageResult(stage.name, "ok" if code == 0 else "failed", seconds, int(started), int(ended),
                              str(log), None if code == 0 else f"exit {code}: {reason or 'see the log'}")
         status.stages.append(result)
         _write(log_dir, status)
+        if resume is not None:
+            from recsys_spark import nightly
+
+            resume.manifest.record(stage.name, {
+                **asdict(result), "started_at_utc": _utc(started), "ended_at_utc": _utc(ended),
+                "argv": argv, "config_hash": resume.config, "inputs": inputs,
+                "outputs": nightly.fingerprints(output_paths) if code == 0 else {},
+                "report": _counts(rest[0]) if rest and isinstance(rest[0], dict) else None,
+            })
         if code == 0:
             say(f"ok ({seconds} s)")
             trained += stage.models
@@ -198,14 +269,27 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
     return finish("every stage succeeded, published", EXIT_OK)
 
 
-def refuse(reason: str, *, log_dir: Path, mode: str, out: TextIO | None = None) -> RunStatus:
-    """A run that cannot start (a usage error, e.g. an unknown stage in ``RECSYS_STAGES``):
-    no stage runs; ``status.json`` and the exit code (2) say why."""
+def refuse(reason: str, *, log_dir: Path, mode: str, out: TextIO | None = None,
+           code: int = EXIT_CONFIG) -> RunStatus:
+    """A run that cannot start (a usage error, e.g. an unknown stage in ``RECSYS_STAGES``,
+    or another run holding the lock): no stage runs; ``status.json`` and the exit code say why."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    status = RunStatus(outcome=f"usage error, nothing run: {reason}", exit_code=EXIT_CONFIG, mode=mode)
+    what = "another run is working on this warehouse" if code == EXIT_LOCKED else "usage error"
+    status = RunStatus(outcome=f"{what}, nothing run: {reason}", exit_code=code, mode=mode)
     _write(log_dir, status)
-    (out or sys.stderr).write(f"pipeline: {status.outcome} (exit {EXIT_CONFIG})\n")
+    (out or sys.stderr).write(f"pipeline: {status.outcome} (exit {code})\n")
     return status
+
+
+def _utc(seconds: float) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _counts(report: dict) -> dict:
+    """The numbers of a job's report (row counts, metrics), without its nested detail."""
+    return {k: v for k, v in report.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)}
 
 
 def _write(log_dir: Path, status: RunStatus) -> None:
@@ -266,9 +350,10 @@ def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> 
     stderr_text: list[str] = []
     with open(log, "w", encoding="utf-8") as f, redirect_stdout(_Capture(f)), \
             redirect_stderr(_Capture(f, stderr_text)):
+        report = None
         try:
             spec.loader.exec_module(job)
-            job.main(argv)
+            report = job.main(argv)
             code, reason = 0, None
         except KeyboardInterrupt:
             raise
@@ -280,7 +365,7 @@ def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> 
             code, reason = 1, reason_from_exception(exc)
         finally:
             _between_stages()
-    return code, reason
+    return code, reason, report
 
 
 def _between_stages() -> None:

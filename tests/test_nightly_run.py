@@ -153,3 +153,21 @@ def test_a_config_mistake_exits_2_before_any_work(tmp_path):
     code, status, output = run_pipeline(tmp_path, dataset, "split.protocol=sideways")
     assert code == EXIT_CONFIG, output[-2000:]
     assert "split.protocol" in status["stages"][0]["reason"]
+
+
+def test_a_rerun_of_the_same_date_resumes(nightly):
+    """Last in this file: it reruns the module's night. Every stage that succeeded is
+    skipped (same arguments, config and inputs; outputs as it left them); the model
+    that failed runs again (and fails again); nothing downstream of it changed."""
+    code, status, output = run_pipeline(
+        nightly["root"], nightly["root"] / "catalog.yaml",
+        "split.protocol=random", "spark.driver_python_memory=1m", "recommend.n=10", "recommend.min_coverage=0.0",
+        stages="clean_events build_tables split train_popularity train_ease evaluate recommend",
+    )
+    assert code == EXIT_PARTIAL, output[-3000:]
+    assert {s["stage"]: s["status"] for s in status["stages"]} == {
+        "clean_events": "skipped", "build_tables": "skipped", "split": "skipped", "train_popularity": "skipped",
+        "train_ease": "failed", "evaluate": "skipped", "recommend": "skipped"}
+    manifest = json.loads((nightly["wh"] / "runs" / "run_date=2017-08-01" / "manifest.json").read_text())
+    assert [r["exit_code"] for r in manifest["runs"]] == [EXIT_PARTIAL, EXIT_PARTIAL]
+    assert manifest["stages"]["clean_events"]["report"]["clean_rows"] > 0

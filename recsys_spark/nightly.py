@@ -238,7 +238,8 @@ class RunManifest:
         if last.get("argv") != argv or last.get("config_hash") != config or last.get("inputs") != inputs:
             return False
         outputs = last.get("outputs") or {}
-        return all(fingerprint(p) == fp for p, fp in outputs.items())
+        # A stage that left an output missing is not done, whatever it reported.
+        return all(fp != "missing" and fingerprint(p) == fp for p, fp in outputs.items())
 
     def record(self, stage: str, entry: dict[str, Any]) -> None:
         self.stages[stage] = entry

@@ -60,7 +60,7 @@ def test_the_pipeline_job_refuses_an_unknown_stage_with_exit_2_before_running_an
     monkeypatch.delenv("RECSYS_ISOLATED", raising=False)
     monkeypatch.delenv("RECSYS_GENERATE", raising=False)
     monkeypatch.setenv("RECSYS_STAGES", "split evalute recommend")
-    assert load_job("pipeline").main(["--dataset", "synthetic"]) == pipeline.EXIT_CONFIG
+    assert load_job("pipeline").main(["--dataset", "synthetic", "--warehouse", str(tmp_path / "wh")]) == pipeline.EXIT_CONFIG
     assert rec.calls == []
     status = json.loads((tmp_path / "status.json").read_text())
     assert status["exit_code"] == 2 and status["stages"] == []
@@ -69,5 +69,5 @@ def test_the_pipeline_job_refuses_an_unknown_stage_with_exit_2_before_running_an
 
     # The same run with the name spelt right runs exactly the stages named.
     monkeypatch.setenv("RECSYS_STAGES", "split evaluate recommend")
-    assert load_job("pipeline").main(["--dataset", "synthetic"]) == pipeline.EXIT_OK
+    assert load_job("pipeline").main(["--dataset", "synthetic", "--warehouse", str(tmp_path / "wh")]) == pipeline.EXIT_OK
     assert [name for name, _ in rec.calls] == ["split", "evaluate", "recommend"]

@@ -16,6 +16,8 @@ cleanup() { [[ $started_cluster == 1 ]] && ./scripts/cluster.sh stop >/dev/null 
 trap cleanup EXIT
 
 args=(--dataset synthetic --conf conf/demo.yaml "$@")
-RECSYS_GENERATE=1 RECSYS_LOG_DIR=run/demo-logs ./scripts/pipeline.sh "${args[@]}"
+# --force: the demo shows every stage each time; a nightly run of the same date
+# would skip what already succeeded (docs/operations.md, "Reruns").
+RECSYS_GENERATE=1 RECSYS_LOG_DIR=run/demo-logs ./scripts/pipeline.sh --force "${args[@]}"
 
 .venv/bin/python scripts/demo_summary.py "${args[@]}"

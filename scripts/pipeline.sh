@@ -22,6 +22,11 @@
 #   1  nothing was published (a required stage failed)
 #   2  a usage or config error (a job said so with its own exit code 2); nothing published
 #   3  recommendations were published, but some model (or the evaluation) failed
+#   4  another run holds the warehouse's lock (<warehouse>/_run.lock); nothing run
+#
+# A rerun of the same date resumes: stages that succeeded with unchanged inputs
+# are skipped (<warehouse>/runs/run_date=D/manifest.json). --from STAGE reruns
+# from that stage on, --force reruns everything (docs/operations.md, "Reruns").
 #
 # RECSYS_STAGES="split train_als evaluate" runs only those stages (in pipeline order); a name
 # that is no stage of the run is refused (exit 2, nothing run).

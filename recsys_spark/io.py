@@ -486,13 +486,38 @@ def write_table(
     t = get_table(table) if isinstance(table, str) else table
     spark = df.sparkSession
     final = path or table_path(warehouse, t)
+    clean_leftovers(spark, final)
     staging = staging_path(final)
     writer = conform(df, t).write.mode("overwrite")
     if t.partition_by:
         writer = writer.partitionBy(*t.partition_by)
-    writer.parquet(staging)
-    publish_directory(spark, staging, final)
+    try:
+        writer.parquet(staging)
+        publish_directory(spark, staging, final)
+    except BaseException:
+        delete_path(spark, staging)  # a failed write leaves no staging directory behind
+        raise
     return final
+
+
+def clean_leftovers(spark: SparkSession, final: str) -> list[str]:
+    """Delete what an earlier write of ``final`` left when its process died: staging
+    directories (``final._staging-*``) and replaced versions (``final._old-*``).
+
+    A process killed between :func:`publish_directory`'s two renames leaves the
+    old version aside and nothing at ``final``: it is put back first.
+    """
+    parent, name = final.rstrip("/").rsplit("/", 1)
+    if not path_exists(spark, parent):
+        return []
+    siblings = [n for n in list_dir(spark, parent) if n.startswith(f"{name}._staging-") or n.startswith(f"{name}._old-")]
+    old = sorted(n for n in siblings if n.startswith(f"{name}._old-"))
+    if old and not path_exists(spark, final):
+        rename_path(spark, f"{parent}/{old[-1]}", final)
+        siblings.remove(old[-1])
+    for n in siblings:
+        delete_path(spark, f"{parent}/{n}")
+    return siblings
 
 
 def read_table(

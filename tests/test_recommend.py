@@ -434,6 +434,82 @@ def test_rerun_is_idempotent_and_a_failure_before_publish_keeps_the_previous_run
 
 
 @pytest.mark.spark
+def test_a_crash_after_the_move_before_latest_leaves_a_valid_run_and_the_rerun_repairs(spark, published_wh,
+                                                                                       tmp_path, monkeypatch):
+    wh = copy_wh(published_wh, tmp_path)
+    day1 = read_run(wh, DAY1)
+
+    def crash(*args, **kwargs):
+        raise OSError("injected: killed before _latest.json was written")
+
+    monkeypatch.setattr(publish, "write_latest", crash)
+    with pytest.raises(OSError, match="injected"):
+        load_job("recommend").main(job_args(wh, DAY2))
+    monkeypatch.undo()
+    # Readers that follow _latest.json still read DAY1, whole; DAY2 is in place and complete.
+    assert latest(wh)["run_date"] == DAY1
+    pd.testing.assert_frame_equal(read_run(wh, DAY1), day1)
+    assert (run_dir(wh, DAY2) / "_SUCCESS").exists() and manifest(wh, DAY2)["run_date"] == DAY2
+    day2 = read_run(wh, DAY2)
+
+    load_job("recommend").main(job_args(wh, DAY2))  # the rerun repairs the pointer
+    assert latest(wh)["run_date"] == DAY2
+    pd.testing.assert_frame_equal(read_run(wh, DAY2), day2)
+    root = Path(io.recommendations_root(wh))
+    assert list((root / "_staging").iterdir()) == [] and not list(root.glob("*._old-*"))
+
+
+@pytest.mark.spark
+def test_a_crash_while_pruning_never_leaves_a_half_deleted_run_among_the_published(spark, published_wh,
+                                                                                   tmp_path, monkeypatch):
+    wh = copy_wh(published_wh, tmp_path)
+    real_delete = io.delete_path
+
+    def crash_in_pruning(spark_, path):
+        if f"/{publish.PRUNING}/" in path:
+            raise OSError("injected: killed while deleting an old run")
+        return real_delete(spark_, path)
+
+    monkeypatch.setattr(io, "delete_path", crash_in_pruning)
+    with pytest.raises(OSError, match="injected"):
+        load_job("recommend").main(job_args(wh, DAY2, "recommend.keep_runs=1"))
+    monkeypatch.undo()
+    root = Path(io.recommendations_root(wh))
+    # DAY1 went aside in one rename before any file of it was deleted: the published runs are whole.
+    assert latest(wh)["run_date"] == DAY2 and not run_dir(wh, DAY1).exists()
+    assert publish.published_runs(spark, wh) == [DAY2]
+    assert [p.name.startswith(f"run_date={DAY1}-") for p in (root / publish.PRUNING).iterdir()] == [True]
+    # The next publish finishes the prune.
+    load_job("recommend").main(job_args(wh, DAY2, "recommend.keep_runs=1"))
+    assert list((root / publish.PRUNING).iterdir()) == []
+
+
+@pytest.mark.spark
+def test_a_failed_table_write_leaves_no_staging_and_the_next_write_cleans_a_killed_ones(spark, tmp_path):
+    from pyspark.sql import functions as F
+
+    from recsys_spark.schemas import INTERACTIONS
+
+    wh = str(tmp_path / "wh")
+    rows = spark.createDataFrame([(0, 1, 1.0, dt.datetime(2026, 1, 1))],
+                                 "user_index int, item_index int, weight double, last_time timestamp")
+    final = io.write_table(rows, wh, INTERACTIONS)
+    parent = Path(final).parent
+    boom = F.udf(lambda x: 1 // 0, "int")  # fails inside the write's tasks
+    with pytest.raises(Exception, match="ZeroDivisionError"):
+        io.write_table(rows.withColumn("user_index", boom("user_index")), wh, INTERACTIONS)
+    assert sorted(p.name for p in parent.iterdir()) == ["interactions"]
+    assert io.read_table(spark, wh, INTERACTIONS).count() == 1
+    # A process killed between publish_directory's two renames: the old version aside, nothing in place,
+    # and a staging directory. The next write of the table puts things right before it writes.
+    Path(final).rename(parent / "interactions._old-dead0001")
+    (parent / "interactions._staging-dead0002").mkdir()
+    assert io.clean_leftovers(spark, final) == ["interactions._staging-dead0002"]
+    assert sorted(p.name for p in parent.iterdir()) == ["interactions"]
+    assert io.read_table(spark, wh, INTERACTIONS).count() == 1
+
+
+@pytest.mark.spark
 def test_exclusion_list_then_mmr_diversity(spark, published_wh, tmp_path):
     wh = copy_wh(published_wh, tmp_path)
     top = read_run(wh, DAY1).item_id.value_counts().index[:2].tolist()

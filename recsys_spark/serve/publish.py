@@ -28,6 +28,7 @@ SUCCESS = "_SUCCESS"
 LATEST = "_latest.json"
 
 STAGING = "_staging"
+PRUNING = "_pruning"  # runs being deleted: renamed here first
 
 RUN_PREFIX = "run_date="
 
@@ -78,15 +79,24 @@ def write_latest(spark: SparkSession, warehouse: str) -> dict | None:
 def prune_runs(spark: SparkSession, warehouse: str, *, keep: int, protect: str | None = None) -> list[str]:
     """Delete published runs beyond the ``keep`` newest (never ``protect``, never the latest); returns the dates.
 
+    A run is first renamed under ``_pruning/`` (hidden from readers, one atomic
+    step) and deleted there, so a process killed while deleting leaves no
+    half-deleted run among the published ones; the next prune finishes the job.
     Directories without ``_SUCCESS`` are not runs this protocol published; they are left alone.
     """
+    root = io.recommendations_root(warehouse)
+    trash = f"{root}/{PRUNING}"
+    for name in io.list_dir(spark, trash) if io.path_exists(spark, trash) else []:
+        io.delete_path(spark, f"{trash}/{name}")  # left by a prune that did not finish
     dates = sorted(published_runs(spark, warehouse), reverse=True)
     latest = (read_latest(spark, warehouse) or {}).get("run_date")
     deleted = []
     for day in dates[keep:]:
         if day in (protect, latest):
             continue
-        io.delete_path(spark, io.recommendations_run_path(warehouse, day))
+        aside = f"{trash}/{RUN_PREFIX}{day}-{uuid.uuid4().hex[:8]}"
+        io.rename_path(spark, io.recommendations_run_path(warehouse, day), aside)
+        io.delete_path(spark, aside)
         deleted.append(day)
     return deleted
 

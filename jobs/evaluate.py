@@ -10,11 +10,11 @@ recent-popularity fallback every model serves them (_cold_start.json).
 """
 from __future__ import annotations
 
-from recsys_spark import io
+from recsys_spark import catalog, io
 from recsys_spark.cli import job_main, parse_job_args
 from recsys_spark.config import run_date
 from recsys_spark.evaluate import folds, ranking
-from recsys_spark.schemas import SPLIT
+from recsys_spark.schemas import MODEL_COMPARISON, SPLIT
 from recsys_spark.session import build_spark
 
 
@@ -42,11 +42,14 @@ def main(argv=None) -> dict:
     io.write_json(spark, io.metrics_path(wh, day, "_cold_start.json"), cold)
     io.write_text(spark, io.metrics_path(wh, day, "comparison.csv"), ranking.to_csv(header, rows))
     io.write_text(spark, io.metrics_path(wh, day, "comparison.md"), markdown)
+    io.write_table(folds.comparison_table(spark, results), wh, MODEL_COMPARISON,
+                   path=io.table_path(wh, MODEL_COMPARISON, run_date=day))
+    registered = catalog.try_register("model_comparison", catalog.register_comparison, spark, cfg)
     out_dir = io.metrics_dir(wh, day)
     print(f"== evaluate: test fold, {protocol.get('protocol')} split, {len(results)} models -> {out_dir}")
     print(markdown)
     print("cold start:", cold.get("test_segments"))
-    return {"results": results, "cold_start": cold, "metrics_dir": out_dir}
+    return {"results": results, "cold_start": cold, "metrics_dir": out_dir, "catalog": registered}
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def main(argv=None) -> dict:
         print(f"recommend: NOT published for {day}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",
-                                        "deleted_runs", "code_version")}
+                                        "deleted_runs", "code_version", "catalog")}
     report["gate_failures_overridden"] = manifest["quality_gate"]["failures"] if manifest["forced"] else []
     print_report("recommend", report)
     return manifest

@@ -136,6 +136,8 @@ SplitProtocol = Literal["temporal", "leave_last_n", "random"]
 UseGpu = Annotated[Literal["auto", "true", "false"], BeforeValidator(_bool_as_text)]
 NegativeSampling = Literal["uniform", "popularity"]
 MmrSimilarity = Literal["auto", "embedding", "genres"]
+Metastore = Literal["embedded", "hive", "session"]
+SqlName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
 PrimaryMetric = Annotated[str, AfterValidator(_primary_metric)]
 
 # Unknown keys are an error; everything else is checked by the field types.
@@ -385,6 +387,17 @@ class RecommendConf:
 
 
 @dataclass(config=_SECTION)
+class CatalogConf:
+    """Spark SQL tables over the published output (docs/operations.md, "Reading the output")."""
+
+    database: SqlName = "recsys"
+    # embedded: a Derby metastore under <warehouse>/_metastore (one JVM at a time) |
+    # hive: the Hive metastore at hive_metastore_uris | session: this Spark session's catalog only
+    metastore: Metastore = "embedded"
+    hive_metastore_uris: Text | None = None  # thrift://host:9083, for metastore: hive
+
+
+@dataclass(config=_SECTION)
 class Config:
     warehouse: Text = "warehouse"
     run_date: Date | None = None  # YYYY-MM-DD; None means today (UTC)
@@ -401,6 +414,7 @@ class Config:
     als: AlsConf = field(default_factory=AlsConf)
     neural: NeuralConf = field(default_factory=NeuralConf)
     recommend: RecommendConf = field(default_factory=RecommendConf)
+    catalog: CatalogConf = field(default_factory=CatalogConf)
 
     @model_validator(mode="after")
     def _keys_together(self, info: ValidationInfo) -> "Config":
@@ -419,6 +433,8 @@ class Config:
             raise ValueError(f"clean.rating_min {clean.rating_min} is above clean.rating_max {clean.rating_max}")
         if self.split.test_fraction + self.split.validation_fraction >= 1.0:
             raise ValueError("split.test_fraction + split.validation_fraction must be below 1")
+        if self.catalog.metastore == "hive" and not self.catalog.hive_metastore_uris:
+            raise ValueError("catalog.metastore=hive needs catalog.hive_metastore_uris (thrift://host:9083)")
         k = int(self.evaluation.primary_metric.rpartition("_at_")[2])
         if k not in self.evaluation.ks:
             raise ValueError(f"evaluation.primary_metric '{self.evaluation.primary_metric}': k={k} is not one of "

@@ -74,14 +74,28 @@ def run_manifest_path(warehouse: str, run_date: str) -> str:
     return f"{warehouse.rstrip('/')}/runs/run_date={run_date}/manifest.json"
 
 
+def metastore_dir(warehouse: str, *, fallback: str) -> str:
+    """Where the embedded Derby metastore lives: ``<warehouse>/_metastore`` on a local
+    warehouse (Derby needs a local directory), else ``fallback``."""
+    if "://" in warehouse and not warehouse.startswith("file:"):
+        return os.path.abspath(fallback)
+    local = warehouse[len("file://"):] if warehouse.startswith("file://") else warehouse
+    return os.path.abspath(f"{local.rstrip('/')}/_metastore")
+
+
 def run_lock_path(warehouse: str) -> str:
     """``_run.lock``: held by the one nightly run working on this warehouse."""
     return f"{warehouse.rstrip('/')}/_run.lock"
 
 
+def run_dated_root(warehouse: str, table: Table | str) -> str:
+    """The parent of a run-dated table's ``run_date=D`` folders (``recommendations``, ``model_comparison``)."""
+    return table_path(warehouse, table, run_date="x").rsplit("/", 1)[0]
+
+
 def recommendations_root(warehouse: str) -> str:
     """The parent of every published run (``run_date=D`` folders and ``_latest.json``)."""
-    return table_path(warehouse, "recommendations", run_date="x").rsplit("/", 1)[0]
+    return run_dated_root(warehouse, "recommendations")
 
 
 def recommendations_run_path(warehouse: str, run_date: str) -> str:

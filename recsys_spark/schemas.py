@@ -266,6 +266,17 @@ EVAL_RECS = Table(
     description="Each model's top-K for the warm users of a held-out fold, excluding their training items.",
 )
 
+MODEL_COMPARISON = Table(
+    "model_comparison",
+    "model_comparison/run_date={run_date}",
+    _s(
+        ("model", StringType(), False),
+        ("metric", StringType(), False),  # ndcg_at_10, recall_at_20, mrr, coverage_at_50, ...
+        ("test", DoubleType(), True),  # on the test fold (what models are compared on)
+        ("validation", DoubleType(), True),  # on the validation fold (what selection saw)
+    ),
+    description="Every model's metrics of a run, one row per model and metric (jobs/evaluate.py).",
+)
 RECOMMENDATIONS = Table(
     "recommendations",
     "recommendations/run_date={run_date}",
@@ -285,7 +296,7 @@ ALL_TABLES: dict[str, Table] = {
     t.name: t
     for t in (
         EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES, USER_INDEX_TABLE, ITEM_INDEX_TABLE, USERS, ITEMS, INTERACTIONS,
-        SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS, RECOMMENDATIONS,
+        SPLIT, USER_FACTORS, ITEM_FACTORS, EVAL_RECS, MODEL_COMPARISON, RECOMMENDATIONS,
     )
 }
 

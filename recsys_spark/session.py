@@ -39,11 +39,38 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.showConsoleProgress", "false")
     )
+    builder = _with_metastore(builder, cfg)
     for key, value in cfg.spark.extra.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _with_metastore(builder, cfg: Config):
+    """The SQL catalog the published tables are registered in (``catalog.metastore``).
+
+    ``embedded``: a Derby metastore under the warehouse when it is a local path
+    (Derby needs one), else under ``cluster.run_dir``; ``hive``: a Hive
+    metastore service; ``session``: Spark's in-memory catalog (nothing outlives
+    the session). The metastore is opened on first use, by the jobs that register
+    tables (evaluate, recommend), not by every job.
+    """
+    from recsys_spark import io
+
+    cat = cfg.catalog
+    if cat.metastore == "session":
+        return builder
+    builder = builder.config("spark.sql.catalogImplementation", "hive")
+    if cat.metastore == "hive":
+        return builder.config("spark.hadoop.hive.metastore.uris", cat.hive_metastore_uris)
+    root = io.metastore_dir(cfg.warehouse, fallback=f"{cfg.cluster.run_dir}/metastore")
+    os.makedirs(root, exist_ok=True)
+    # Derby writes derby.log where it is told, not in the job's working directory.
+    SparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", f"{root}/derby.log")
+    return (builder.config("spark.hadoop.javax.jdo.option.ConnectionURL",
+                           f"jdbc:derby:;databaseName={root}/metastore_db;create=true")
+            .config("spark.sql.warehouse.dir", f"{root}/spark-warehouse"))
 
 
 def exit_code_of(exc: BaseException) -> int:

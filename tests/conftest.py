@@ -57,6 +57,9 @@ def spark(tmp_path_factory):
     cfg = load_config(
         overrides=[
             "spark.shuffle_partitions=2",
+            # The session's own catalog: tests register tables in it without a Derby
+            # database per run (the embedded metastore is tested across JVMs in test_nightly_run).
+            "catalog.metastore=session",
             "spark.extra={spark.ui.enabled: 'false', spark.sql.warehouse.dir: '%s'}"
             % tmp_path_factory.mktemp("spark-warehouse"),
         ]

@@ -13,7 +13,7 @@ from recsys_spark.scoring import blocked
 from recsys_spark.evaluate import ranking
 from recsys_spark.config import Config
 from recsys_spark.models.fitted import FittedModel
-from recsys_spark.schemas import EVAL_RECS, SEEN, SEGMENT, USER_INDEX
+from recsys_spark.schemas import EVAL_RECS, MODEL_COMPARISON, SEEN, SEGMENT, USER_INDEX
 
 FINAL_FOLD = "test"
 SELECTION_FOLD = "validation"
@@ -123,3 +123,14 @@ def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, m
                         "validation_metrics": meta.get("metrics", {}).get("validation", {}),
                         "params": meta.get("params", {})})
     return results
+
+
+def comparison_table(spark: SparkSession, results: list[dict]) -> DataFrame:
+    """The ``model_comparison`` rows of :func:`test_fold_results`: one per model and metric."""
+    rows = []
+    for r in results:
+        names = sorted(set(r["metrics"]) | set(r["validation_metrics"]))
+        for name in names:
+            test, val = r["metrics"].get(name), r["validation_metrics"].get(name)
+            rows.append((r["model"], name, None if test is None else float(test), None if val is None else float(val)))
+    return spark.createDataFrame(rows, MODEL_COMPARISON.schema)

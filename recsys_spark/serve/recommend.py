@@ -13,7 +13,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io, tables
+from recsys_spark import catalog, io, tables
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, baselines
 from recsys_spark.schemas import (
@@ -32,7 +32,7 @@ from recsys_spark.schemas import (
 from recsys_spark.serve.candidates import assign_sources, candidates, read_exclusion_list
 from recsys_spark.serve.checks import Checks, expected_counts
 from recsys_spark.serve.errors import RecommendError
-from recsys_spark.serve.publish import publish
+from recsys_spark.serve.publish import publish, published_runs
 from recsys_spark.serve.rerank import PostProcessor, finalize, normalise_rows
 from recsys_spark.serve.select import list_models, load_model, select_model, validation_metric
 
@@ -158,7 +158,7 @@ def run(
     checks = Checks(expected=expected.join(ids, USER_INDEX).select(USER_ID, SOURCE, "expected_n"),
                     seen=seen_pairs, excluded=excluded_ids, reranked=mmr)
     try:
-        return publish(
+        manifest = publish(
             spark, wh, run_date, recs, checks,
             model=name, metric_name=primary, metric_value=validation_metric(meta, primary), n_items=n_items,
             conf=conf, force=force,
@@ -177,3 +177,7 @@ def run(
         users.unpersist()
         if excluded_ids is not None:
             excluded_ids.unpersist()
+    latest = (manifest.get("latest") or {}).get("run_date")
+    manifest["catalog"] = catalog.try_register("recommendations", catalog.register_recommendations, spark, cfg,
+                                               published_runs(spark, wh), latest)
+    return manifest

@@ -155,6 +155,35 @@ def test_a_config_mistake_exits_2_before_any_work(tmp_path):
     assert "split.protocol" in status["stages"][0]["reason"]
 
 
+def reading_snippets() -> dict[str, str]:
+    """The code blocks of docs/operations.md's "Reading the output", by the reader they show."""
+    text = (REPO / "docs" / "operations.md").read_text().split("### Reading the output", 1)[1].split("\n### ", 1)[0]
+    blocks = text.split("```python\n")[1:]
+    names = ["spark_sql", "pandas", "duckdb"]
+    assert len(blocks) == len(names)
+    return {name: block.split("```", 1)[0] for name, block in zip(names, blocks)}
+
+
+@pytest.mark.parametrize("reader", ["spark_sql", "pandas", "duckdb"])
+def test_the_documented_ways_to_read_the_output_work(nightly, reader):
+    """Each snippet of docs/operations.md, run as written on this night's warehouse (Spark SQL
+    in its own process: the embedded metastore the night wrote, opened by another JVM)."""
+    code = reading_snippets()[reader].replace("warehouse/demo", str(nightly["wh"]))
+    env = {**os.environ, "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("SPARK_MASTER", None)
+    proc = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", code], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    if reader == "spark_sql":
+        assert "|run_date  |rows|" in out.replace(" ", "") or "2017-08-01" in out, out
+        assert "popularity" in out  # the comparison lists the models that trained
+    elif reader == "pandas":
+        assert "user_id" in out and " 1 " in out, out
+    else:
+        assert "model" in out and "popularity_fallback" in out or "users" in out, out
+
+
 def test_a_rerun_of_the_same_date_resumes(nightly):
     """Last in this file: it reruns the module's night. Every stage that succeeded is
     skipped (same arguments, config and inputs; outputs as it left them); the model

@@ -488,25 +488,25 @@ def test_a_crash_while_pruning_never_leaves_a_half_deleted_run_among_the_publish
 def test_a_failed_table_write_leaves_no_staging_and_the_next_write_cleans_a_killed_ones(spark, tmp_path):
     from pyspark.sql import functions as F
 
-    from recsys_spark.schemas import INTERACTIONS
+    from recsys_spark.schemas import EVAL_RECS
 
     wh = str(tmp_path / "wh")
-    rows = spark.createDataFrame([(0, 1, 1.0, dt.datetime(2026, 1, 1))],
-                                 "user_index int, item_index int, weight double, last_time timestamp")
-    final = io.write_table(rows, wh, INTERACTIONS)
+    where = io.table_path(wh, EVAL_RECS, model="m", fold="test")
+    rows = spark.createDataFrame([(0, 1, 0.5, 1)], "user_index int, item_index int, score float, rank int")
+    final = io.write_table(rows, wh, EVAL_RECS, path=where)
     parent = Path(final).parent
     boom = F.udf(lambda x: 1 // 0, "int")  # fails inside the write's tasks
     with pytest.raises(Exception, match="ZeroDivisionError"):
-        io.write_table(rows.withColumn("user_index", boom("user_index")), wh, INTERACTIONS)
-    assert sorted(p.name for p in parent.iterdir()) == ["interactions"]
-    assert io.read_table(spark, wh, INTERACTIONS).count() == 1
+        io.write_table(rows.withColumn("user_index", boom("user_index")), wh, EVAL_RECS, path=where)
+    assert sorted(p.name for p in parent.iterdir()) == ["test"]
+    assert io.read_table(spark, wh, EVAL_RECS, path=where).count() == 1
     # A process killed between publish_directory's two renames: the old version aside, nothing in place,
     # and a staging directory. The next write of the table puts things right before it writes.
-    Path(final).rename(parent / "interactions._old-dead0001")
-    (parent / "interactions._staging-dead0002").mkdir()
-    assert io.clean_leftovers(spark, final) == ["interactions._staging-dead0002"]
-    assert sorted(p.name for p in parent.iterdir()) == ["interactions"]
-    assert io.read_table(spark, wh, INTERACTIONS).count() == 1
+    Path(final).rename(parent / "test._old-dead0001")
+    (parent / "test._staging-dead0002").mkdir()
+    assert io.clean_leftovers(spark, final) == ["test._staging-dead0002"]
+    assert sorted(p.name for p in parent.iterdir()) == ["test"]
+    assert io.read_table(spark, wh, EVAL_RECS, path=where).count() == 1
 
 
 @pytest.mark.spark

@@ -10,6 +10,7 @@ tested on its own in tests/test_trainer.py.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -95,6 +96,37 @@ def test_fit_resumes_a_crashed_run_of_the_same_data_and_not_one_of_other_data(sp
     assert fresh.resumed_from == 0 and fresh.epochs_run == 4
     assert "belongs to another run" in capsys.readouterr().out
     assert not any((tmp_path / "cache").iterdir())  # materialised examples deleted after every fit
+
+
+def test_the_job_rerun_after_a_crash_resumes_from_the_last_checkpoint(spark, tmp_path, in_process_training,
+                                                                        monkeypatch):
+    """Through jobs/train_neural.py, as the nightly run's rerun of a failed stage does: the
+    training process dies in epoch 2; the rerun goes on from epoch 1's checkpoint."""
+    from recsys_spark.models import registry
+
+    wh = str(tmp_path / "wh")
+    _write_planted_warehouse(spark, wh)
+    sets = ["neural.num_processes=1", "neural.epochs=3", "neural.patience=10", "neural.batch_size=64",
+            "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
+            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]
+    argv = ["--model", "neumf", "--warehouse", wh, *[a for s in sets for a in ("--set", s)]]
+    cls = registry.get("neumf")
+    real_loss = cls.loss
+
+    def dies_in_epoch_2(self, batch, ctx):
+        if ctx.epoch == 1:
+            raise RuntimeError("killed in epoch 2")
+        return real_loss(self, batch, ctx)
+
+    monkeypatch.setattr(cls, "loss", dies_in_epoch_2)
+    with pytest.raises(RuntimeError, match="killed in epoch 2"):
+        load_job("train_neural").main(argv)
+    monkeypatch.setattr(cls, "loss", real_loss)
+    report = load_job("train_neural").main(argv)
+    assert report["resumed_from_epoch"] == 1
+    meta = json.loads((tmp_path / "wh" / "models" / "neumf" / "metadata.json").read_text())
+    assert [h["epoch"] for h in meta["selection_history"]] == [1, 2, 3]
+    assert not list((tmp_path / "ck").rglob("*.pt"))  # a finished run clears its checkpoints
 
 
 def test_data_fingerprint_sees_weights_pairs_and_times_not_row_order(spark):

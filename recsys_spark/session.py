@@ -59,15 +59,17 @@ def _with_metastore(builder, cfg: Config):
     from recsys_spark import io
 
     cat = cfg.catalog
-    if cat.metastore == "session":
-        return builder
+    if cat.metastore == "session" or SparkContext._active_spark_context is not None:
+        return builder  # a running session keeps the catalog it was built with
     builder = builder.config("spark.sql.catalogImplementation", "hive")
     if cat.metastore == "hive":
         return builder.config("spark.hadoop.hive.metastore.uris", cat.hive_metastore_uris)
     root = io.metastore_dir(cfg.warehouse, fallback=f"{cfg.cluster.run_dir}/metastore")
-    os.makedirs(root, exist_ok=True)
-    # Derby writes derby.log where it is told, not in the job's working directory.
-    SparkContext._jvm.java.lang.System.setProperty("derby.stream.error.file", f"{root}/derby.log")
+    # Nothing is created here: Derby makes its database (and folders) on first use, by the
+    # jobs that register tables, so a job that fails early leaves no trace in the warehouse.
+    # Derby's own log goes to the driver's stderr (driver.log in a pipeline run), not to a
+    # derby.log in the working directory.
+    SparkContext._jvm.java.lang.System.setProperty("derby.stream.error.field", "java.lang.System.err")
     return (builder.config("spark.hadoop.javax.jdo.option.ConnectionURL",
                            f"jdbc:derby:;databaseName={root}/metastore_db;create=true")
             .config("spark.sql.warehouse.dir", f"{root}/spark-warehouse"))

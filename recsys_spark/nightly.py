@@ -38,7 +38,7 @@ import pyarrow.fs as pafs
 
 from recsys_spark import io
 from recsys_spark.config import Config, ConfigError, add_config_args, config_from_args, run_date
-from recsys_spark.pipeline import Resume
+from recsys_spark.pipeline import Stage
 
 def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
@@ -246,6 +246,60 @@ class RunManifest:
         self.save()
 
 
+# --------------------------------------------------------------------------- resuming a run
+
+
+@dataclass
+class Resume:
+    """What makes a run resumable: the date's manifest and how to fingerprint a stage's inputs
+    (what :func:`recsys_spark.pipeline.run` asks of it).
+
+    Attributes:
+        manifest: the run date's :class:`RunManifest`.
+        config: the resolved config's hash (a changed config reruns every stage).
+        paths: a stage -> (input paths, output paths).
+        from_stage: rerun from this stage (its first word) on; the ones before it are skipped.
+        force: rerun every stage.
+    """
+
+    manifest: RunManifest
+    config: str
+    paths: Any
+    from_stage: str | None = None
+    force: bool = False
+
+    def inputs(self, stage: Stage) -> dict[str, str]:
+        return fingerprints(self.paths(stage)[0])
+
+    def succeeded_before(self, stage: Stage) -> bool:
+        return (self.manifest.stages.get(stage.name) or {}).get("status") == "ok"
+
+    def skip_reason(self, stage: Stage, argv: list[str], inputs: dict[str, str], *, before_from: bool) -> str | None:
+        """Why ``stage`` need not run, or None when it must."""
+        if before_from:
+            return f"before --from {self.from_stage}"
+        if self.force or self.from_stage is not None:
+            return None  # --force, and --from for this stage and the ones after it: always run
+        if self.manifest.unchanged(stage.name, argv=argv, config=self.config, inputs=inputs):
+            last = self.manifest.stages[stage.name]
+            return f"done at {last.get('ended_at_utc', '?')}, inputs unchanged"
+        return None
+
+    def record(self, stage: Stage, result: dict[str, Any], *, argv: list[str], inputs: dict[str, str],
+               report: dict | None) -> None:
+        """A stage's result, with what it read and (when it succeeded) wrote, into the manifest."""
+        outputs = fingerprints(self.paths(stage)[1]) if result.get("status") == "ok" else {}
+        self.manifest.record(stage.name, {**result, "argv": argv, "config_hash": self.config, "inputs": inputs,
+                                          "outputs": outputs, "report": report})
+
+    def finish_run(self, **attempt: Any) -> None:
+        """One attempt of the date (start, end, outcome, exit code, mode, status file), appended to ``runs``."""
+        self.manifest.runs.append({"started_at_utc": attempt.pop("started"), "ended_at_utc": attempt.pop("ended"),
+                                   "exit_code": attempt.pop("code"), "from": self.from_stage,
+                                   "force": self.force, **attempt})
+        self.manifest.save()
+
+
 # --------------------------------------------------------------------------- a run's set-up
 
 
@@ -275,4 +329,4 @@ def prepare(job_args: list[str], *, from_stage: str | None, force: bool):
     return job_args, resume, Lock.for_warehouse(cfg.warehouse, day)
 
 
-__all__ = ["Lock", "LockHeld", "RunManifest", "config_hash", "fingerprint", "fingerprints", "prepare", "stage_paths"]
+__all__ = ["Lock", "LockHeld", "Resume", "RunManifest", "config_hash", "fingerprint", "fingerprints", "prepare", "stage_paths"]

@@ -146,44 +146,16 @@ class RunStatus:
 StageRunner = Callable[[Stage, list[str], Path], tuple]
 
 
-@dataclass
-class Resume:
-    """What makes a run resumable: the date's manifest and how to fingerprint a stage's inputs.
-
-    Attributes:
-        manifest: the run date's :class:`recsys_spark.nightly.RunManifest`.
-        config: the resolved config's hash (a changed config reruns every stage).
-        paths: a stage -> (input paths, output paths).
-        from_stage: rerun from this stage (its first word) on; the ones before it are skipped.
-        force: rerun every stage.
-    """
-
-    manifest: Any
-    config: str
-    paths: Callable[[Stage], tuple[list[str], list[str]]]
-    from_stage: str | None = None
-    force: bool = False
-
-    def skip_reason(self, stage: Stage, argv: list[str], inputs: dict[str, str], *, before_from: bool) -> str | None:
-        """Why ``stage`` need not run, or None when it must."""
-        last = self.manifest.stages.get(stage.name) or {}
-        if before_from:
-            return f"before --from {self.from_stage}"
-        if self.force or self.from_stage is not None:
-            return None  # --force, and --from for this stage and the ones after it: always run
-        if self.manifest.unchanged(stage.name, argv=argv, config=self.config, inputs=inputs):
-            return f"done at {last.get('ended_at_utc', '?')}, inputs unchanged"
-        return None
-
-
 def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner, *, log_dir: Path,
-        mode: str, out: TextIO | None = None, resume: Resume | None = None) -> RunStatus:
+        mode: str, out: TextIO | None = None, resume: Any = None) -> RunStatus:
     """Run ``stages`` in order through ``run_stage`` and return the run's status (also written to
     ``log_dir/status.json`` after every stage, so a killed run still shows how far it got).
 
     Optional stages that fail are recorded and the run goes on; evaluate and
     recommend get ``--models`` with the models trained so far (none trained in
-    this run, e.g. a partial rerun: every model on disk).
+    this run, e.g. a partial rerun: every model on disk). With ``resume`` (a
+    :class:`recsys_spark.nightly.Resume`), each result goes into the date's run
+    manifest and a stage done earlier with unchanged inputs is skipped.
     """
     out = out or sys.stdout
 
@@ -202,11 +174,8 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
         status.outcome, status.exit_code = outcome, code
         _write(log_dir, status)
         if resume is not None:
-            resume.manifest.runs.append({"started_at_utc": _utc(run_started), "ended_at_utc": _utc(time.time()),
-                                         "outcome": outcome, "exit_code": code, "mode": mode,
-                                         "from": resume.from_stage, "force": resume.force,
-                                         "status": str(log_dir / "status.json")})
-            resume.manifest.save()
+            resume.finish_run(started=_utc(run_started), ended=_utc(time.time()), outcome=outcome, code=code,
+                              mode=mode, status=str(log_dir / "status.json"))
         say(f"pipeline: {outcome} (exit {code}); status: {log_dir / 'status.json'}")
         return status
 
@@ -219,19 +188,16 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
         log = log_dir / f"{stage.name.replace(' ', '_')}.log"
         if before_from and stage.key == resume.from_stage:
             before_from = False
-        inputs = output_paths = None
+        inputs = None
         if resume is not None:
-            from recsys_spark import nightly
-
-            input_paths, output_paths = resume.paths(stage)
-            inputs = nightly.fingerprints(input_paths)
+            inputs = resume.inputs(stage)
             why = resume.skip_reason(stage, argv, inputs, before_from=before_from)
             if why is not None:
                 now = int(time.time())
                 status.stages.append(StageResult(stage.name, "skipped", 0, now, now, str(log), why))
                 _write(log_dir, status)
                 say(f"{stage.name:<34}skipped ({why})")
-                if (resume.manifest.stages.get(stage.name) or {}).get("status") == "ok":
+                if resume.succeeded_before(stage):
                     trained += stage.models
                 continue
         started = time.time()
@@ -244,14 +210,9 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
         status.stages.append(result)
         _write(log_dir, status)
         if resume is not None:
-            from recsys_spark import nightly
-
-            resume.manifest.record(stage.name, {
-                **asdict(result), "started_at_utc": _utc(started), "ended_at_utc": _utc(ended),
-                "argv": argv, "config_hash": resume.config, "inputs": inputs,
-                "outputs": nightly.fingerprints(output_paths) if code == 0 else {},
-                "report": _counts(rest[0]) if rest and isinstance(rest[0], dict) else None,
-            })
+            resume.record(stage, {**asdict(result), "started_at_utc": _utc(started), "ended_at_utc": _utc(ended)},
+                          argv=argv, inputs=inputs,
+                          report=_counts(rest[0]) if rest and isinstance(rest[0], dict) else None)
         if code == 0:
             say(f"ok ({seconds} s)")
             trained += stage.models

@@ -1,4 +1,4 @@
-"""A rerun of the same date resumes (recsys_spark/nightly.py, recsys_spark/pipeline.Resume),
+"""A rerun of the same date resumes (recsys_spark/nightly.py, recsys_spark.nightly.Resume),
 and one run at a time works on a warehouse (the lock).
 
 The stages are replaced by a recorder that writes a file under each path the

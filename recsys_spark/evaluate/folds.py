@@ -7,11 +7,13 @@ final model, refitted on train + validation, is scored on ``test``.
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from recsys_spark import io, split, tables
 from recsys_spark.scoring import blocked
 from recsys_spark.evaluate import ranking
 from recsys_spark.config import Config
+from recsys_spark.models import artifacts, baselines
 from recsys_spark.models.fitted import FittedModel
 from recsys_spark.schemas import EVAL_RECS, MODEL_COMPARISON, SEEN, SEGMENT, USER_INDEX
 
@@ -86,10 +88,6 @@ def cold_start_report(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
     Cold users have no training history, so every model serves them the same
     fallback; they are judged apart from the warm users the models are compared on.
     """
-    from pyspark.sql import functions as F
-
-    from recsys_spark.models import baselines
-
     test = split.fold(split_rows, FINAL_FOLD)
     counts = {r[SEGMENT]: {"rows": r["rows"], "users": r["users"]} for r in test.groupBy(SEGMENT).agg(
         F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_INDEX).alias("users")).collect()}
@@ -112,8 +110,6 @@ def cold_start_report(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
 def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, models: list[str], *, n_items: int,
                  run_date: str, protocol: dict) -> list[dict]:
     """Each model's test-fold metrics from its ``eval_recs``, with its validation metrics and parameters."""
-    from recsys_spark.models import artifacts
-
     results = []
     for model in models:
         recs = read_eval_recs(spark, cfg.warehouse, model, FINAL_FOLD)

@@ -45,7 +45,8 @@ class FittedModel:
         params: the hyperparameters it was fitted with.
         user_factors: ``user_index``, ``factors`` (dot-product models); None for a
             rank-1 model whose every user vector is [1] (popularity).
-        item_factors: ``item_index``, ``factors`` (dot-product models: what is saved).
+        item_factors: ``item_index``, ``factors`` (dot-product models: what is saved); None for
+            a rank-1 model, whose table is built from its scorer's matrix when it is saved.
         item_vectors: [model items, d] embeddings for explanations and MMR, or None.
         max_users: users at or above this index have no embedding (torch models
             that read user ids); None: any user with history is scorable.
@@ -100,7 +101,10 @@ class FittedModel:
             if users is None:  # saved as a table, so that readers see one layout for every dot-product model
                 users = spark.range(n_users).select(F.col("id").cast("int").alias(USER_INDEX)).withColumn(
                     FACTORS, F.array(F.lit(1.0).cast("float")))
-            artifacts.save_factors(warehouse, self.name, user_factors=users, item_factors=self.item_factors)
+            items = self.item_factors
+            if items is None:
+                items = artifacts.factors_frame(spark, self.scorer.item_matrix, ITEM_INDEX)
+            artifacts.save_factors(warehouse, self.name, user_factors=users, item_factors=items)
         elif self.kind == KIND_ITEM_ITEM:
             artifacts.save_item_item(spark, warehouse, self.name, self.scorer.matrix.local_path)
         else:
@@ -134,12 +138,14 @@ def dot_product(spark: SparkSession, name: str, *, item_factors: DataFrame, n_it
 
 
 def rank_one(spark: SparkSession, name: str, item_scores: np.ndarray, *, params: dict | None = None) -> FittedModel:
-    """Scores that are the same for every user (popularity) as a rank-1 dot-product model."""
+    """Scores that are the same for every user (popularity) as a rank-1 dot-product model.
+
+    Its factor table is built only if it is saved: the serving fallback and the
+    cold-start report fit one per run and only score with it.
+    """
     matrix = np.asarray(item_scores, dtype=np.float32)[:, None]
-    item_factors = artifacts.factors_frame(spark, matrix, ITEM_INDEX)
     known = np.ones(len(matrix), dtype=bool)
-    return FittedModel(name, KIND_DOT_PRODUCT, DotProductScorer(spark, matrix, known), known, dict(params or {}),
-                       item_factors=item_factors)
+    return FittedModel(name, KIND_DOT_PRODUCT, DotProductScorer(spark, matrix, known), known, dict(params or {}))
 
 
 def item_item(spark: SparkSession, name: str, *, matrix: np.ndarray | None = None, local_path: str | None = None,

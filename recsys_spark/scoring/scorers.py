@@ -33,6 +33,11 @@ class DotProductScorer:
         self._items_t = None  # per executor task, see score()
         self._out = None
 
+    @property
+    def item_matrix(self) -> np.ndarray:
+        """[n_items, rank] float32, the broadcast's driver-side value."""
+        return self._items.value
+
     def __getstate__(self):
         # The executor-side caches are rebuilt where the scorer runs, never pickled.
         return {**self.__dict__, "_items_t": None, "_out": None}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import functools
 import json
 import sys
@@ -46,6 +47,15 @@ def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
 def _one_line(exc: BaseException) -> str:
     text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)  # KeyError's str() quotes it
     return " ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(exc).__name__
+
+
+def iso_date(text: str) -> str:
+    """An argparse type: a YYYY-MM-DD date, returned as given (argparse names the flag when it is not one)."""
+    try:
+        dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a YYYY-MM-DD date") from None
+    return text
 
 
 def parse_job_args(

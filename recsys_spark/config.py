@@ -201,6 +201,10 @@ class SourceConf:
     timestamp_format: TimestampFormat = "iso8601"
     # For sources without an event type column (MovieLens rows are ratings).
     fixed_event_type: Text | None = None
+    # The Hive-style folder key naming each file's day (<path>/date=2026-01-05/...):
+    # what lets a nightly clean read only new or changed days. null, or a
+    # source not laid out so: every run cleans the whole source.
+    date_partition: Text | None = "date"
 
 
 @dataclass(config=_SECTION)
@@ -270,6 +274,13 @@ class CleanConf:
     # A source file that cannot be read: quarantine (skip it, list it) or fail the run.
     on_unreadable_file: OnUnreadableFile = "quarantine"
     bot: BotRule = field(default_factory=BotRule)
+    # Clean only the source's date partitions that are new or changed since
+    # the last run (recsys_spark/ingest/incremental.py); false: clean all every run.
+    incremental: Bool = True
+    # An incremental run checks its events for duplicates (by event id, else
+    # the full key) and bots against events_clean from this many days before
+    # its earliest partition on.
+    dedupe_lookback_days: NonNegativeInt = 7
 
 
 @dataclass(config=_SECTION)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -47,6 +47,11 @@ def model_file(warehouse: str, model: str, name: str) -> str:
 def report_path(warehouse: str, job: str, name: str) -> str:
     """A job's run report: ``<warehouse>/reports/<job>/<name>.json``."""
     return f"{warehouse.rstrip('/')}/reports/{job}/{name}.json"
+
+
+def clean_state_path(warehouse: str) -> str:
+    """``<warehouse>/_state/clean_events.json``: which source partitions ``events_clean`` holds (incremental clean)."""
+    return f"{warehouse.rstrip('/')}/_state/clean_events.json"
 
 
 def eval_recs_root(warehouse: str) -> str:
@@ -237,6 +242,47 @@ def publish_directory(spark: SparkSession, staging: str, final: str) -> None:
         delete_path(spark, trash)
 
 
+def replace_partitions(spark: SparkSession, staging: str, final: str, partitions: list[str]) -> None:
+    """Move the partition folders ``partitions`` (``event_date=2026-01-05``) of ``staging`` into ``final``.
+
+    Each named partition of ``final`` is replaced by ``staging``'s (or removed
+    when ``staging`` has none): the old folder is first moved into a sibling
+    ``final._old-*`` and deleted once every partition is in place. A process
+    killed in between leaves a partition aside, which :func:`recover_partitions`
+    puts back before the next run reads ``final``. Partitions not named are
+    not touched.
+    """
+    trash = f"{final.rstrip('/')}._old-{uuid.uuid4().hex[:8]}"
+    for part in partitions:
+        old, new = f"{final.rstrip('/')}/{part}", f"{staging.rstrip('/')}/{part}"
+        if path_exists(spark, old):
+            rename_path(spark, old, f"{trash}/{part}")
+        if path_exists(spark, new):
+            rename_path(spark, new, old)
+    delete_path(spark, trash)
+    delete_path(spark, staging)
+
+
+def recover_partitions(spark: SparkSession, final: str) -> list[str]:
+    """Undo what a killed :func:`replace_partitions` left: put back each partition
+    set aside whose replacement never arrived, then delete the leftovers
+    (``final._old-*``, ``final._staging-*``). Returns the partitions put back."""
+    parent, name = final.rstrip("/").rsplit("/", 1)
+    if not path_exists(spark, parent):
+        return []
+    restored = []
+    for sibling in sorted(n for n in list_dir(spark, parent) if n.startswith(f"{name}._old-")):
+        aside = f"{parent}/{sibling}"
+        for part in list_dir(spark, aside):
+            if not path_exists(spark, f"{final.rstrip('/')}/{part}"):
+                rename_path(spark, f"{aside}/{part}", f"{final.rstrip('/')}/{part}")
+                restored.append(part)
+        delete_path(spark, aside)
+    for sibling in (n for n in list_dir(spark, parent) if n.startswith(f"{name}._staging-")):
+        delete_path(spark, f"{parent}/{sibling}")
+    return restored
+
+
 def replace_file(spark: SparkSession, src: str, dst: str) -> None:
     """Rename file ``src`` onto ``dst`` in one step, replacing ``dst`` if it exists.
 
@@ -288,6 +334,9 @@ class SourceListing:
 
     files: list[tuple[str, int]]  # (qualified path, size in bytes), sorted by path
     unlisted: list[tuple[str, str]]  # (path, the error's first line): broken links, link loops
+    # qualified path -> last modification (ms since the epoch): with the size,
+    # what tells an incremental clean that a file changed since it was cleaned.
+    modified: dict[str, int] = field(default_factory=dict)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -325,9 +374,11 @@ def list_source_files(spark: SparkSession, path: str) -> SourceListing:
 def _list_hadoop(fs, qualified) -> SourceListing:
     files: list[tuple[str, int]] = []
     unlisted: list[tuple[str, str]] = []
+    modified: dict[str, int] = {}
     status = fs.getFileStatus(qualified)
     if status.isFile():
-        return SourceListing([(qualified.toString(), status.getLen())], [])
+        return SourceListing([(qualified.toString(), status.getLen())], [],
+                             {qualified.toString(): status.getModificationTime()})
     pending = [qualified]
     while pending:
         folder = pending.pop()
@@ -344,7 +395,8 @@ def _list_hadoop(fs, qualified) -> SourceListing:
                 pending.append(p)
             else:
                 files.append((p.toString(), st.getLen()))
-    return SourceListing(sorted(files), sorted(unlisted))
+                modified[p.toString()] = st.getModificationTime()
+    return SourceListing(sorted(files), sorted(unlisted), modified)
 
 
 def file_uri(spark: SparkSession, path: str) -> str:
@@ -360,7 +412,9 @@ def _file_uri(local: str) -> str:
 def _list_local(root: str) -> SourceListing:
     root = os.path.abspath(root)
     if os.path.isfile(root):
-        return SourceListing([(_file_uri(root), os.path.getsize(root))], [])
+        return SourceListing([(_file_uri(root), os.path.getsize(root))], [],
+                             {_file_uri(root): os.stat(root).st_mtime_ns // 1_000_000})
+    modified: dict[str, int] = {}
     files: list[tuple[str, int]] = []
     unlisted: list[tuple[str, str]] = []
     seen_dirs = {os.path.realpath(root)}
@@ -389,7 +443,8 @@ def _list_local(root: str) -> SourceListing:
                 pending.append(entry.path)
             else:
                 files.append((_file_uri(entry.path), st.st_size))
-    return SourceListing(sorted(files), sorted(unlisted))
+                modified[_file_uri(entry.path)] = st.st_mtime_ns // 1_000_000
+    return SourceListing(sorted(files), sorted(unlisted), modified)
 
 
 def read_to_end(spark: SparkSession, path: str, *, decompress: bool = True) -> int:

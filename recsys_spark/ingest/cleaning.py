@@ -32,6 +32,7 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from pyspark import StorageLevel
@@ -41,7 +42,7 @@ from pyspark.sql.types import StringType
 
 from recsys_spark import io
 from recsys_spark.ingest import sources
-from recsys_spark.config import CleanConf, Config
+from recsys_spark.config import Config
 from recsys_spark.schemas import (
     EVENT_DATE,
     FILE_REASON_CODES,
@@ -66,6 +67,7 @@ from recsys_spark.schemas import (
     QUARANTINE,
     QUARANTINED_FILES,
     SESSION_ID,
+    Table,
     SOURCE_FILE,
     USER_ID,
     VALUE,
@@ -418,12 +420,30 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
 
 
+@dataclasses.dataclass
+class Batch:
+    """What one clean run reads, and how it writes.
+
+    The default is the full clean: every source file, every table replaced
+    whole. :mod:`recsys_spark.ingest.incremental` passes the changed
+    partitions' files, the ``events_clean`` rows to check them against and a
+    writer that replaces only what they touch.
+    """
+
+    listing: io.SourceListing | None = None  # None: all of the source's files
+    existing: DataFrame | None = None  # see classify()
+    known_bots: tuple[str, ...] = ()  # see classify()
+    # (spark, cfg, outputs, counts, classified) -> entries for the report; None: write_replacing
+    write: Callable[..., dict[str, Any]] | None = None
+
+
 def run_clean(
     spark: SparkSession,
     cfg: Config,
     *,
     reference_time: dt.datetime | str | None = None,
     run_id: str | None = None,
+    batch: Batch | None = None,
 ) -> dict[str, Any]:
     """Clean ``cfg.dataset.source`` into ``events_clean`` and ``quarantine``; write the run report.
 
@@ -431,6 +451,7 @@ def run_clean(
         reference_time: "now" for the future-timestamp check (default: the
             current time); pass a fixed one for reproducible runs.
         run_id: names the report and tags quarantine rows (default: time + random).
+        batch: what to read and how to write (default: a full clean, :class:`Batch`).
 
     Returns:
         The report written to ``<warehouse>/reports/clean_events/<run_id>.json``.
@@ -443,20 +464,96 @@ def run_clean(
             written tables before they replace the last run's).
     """
     started = time.monotonic()
-    clean: CleanConf = cfg.clean
-    src = cfg.dataset.source
-    ref = _utc(reference_time) if reference_time is not None else dt.datetime.now(dt.timezone.utc)
+    batch = batch or Batch()
+    ref = reference_time_or_now(reference_time)
     run_id = run_id or new_run_id()
+    files = probe(spark, cfg, listing=batch.listing)
+    classified = classify(spark, cfg, files, ref, existing=batch.existing, known_bots=batch.known_bots)
+    try:
+        counts = count_rows(classified)
+        outputs = output_frames(spark, cfg, classified, files, run_id=run_id)
+        written = (batch.write or write_replacing)(spark, cfg, outputs, counts, classified)
+    finally:
+        classified.release()
+    report = clean_report(cfg, counts, files, run_id=run_id, ref=ref)
+    report.update(written)
+    report["elapsed_s"] = round(time.monotonic() - started, 1)
+    io.write_json(spark, io.report_path(cfg.warehouse, "clean_events", run_id), report)
+    return report
 
-    # Files first: an unreadable one is left out (and listed) or stops the run
-    # here, before Spark is given a path list that would fail mid-job.
-    files = sources.probe_files(spark, src)
-    if files.unreadable and clean.on_unreadable_file == "fail":
+
+def reference_time_or_now(reference_time: dt.datetime | str | None) -> dt.datetime:
+    return _utc(reference_time) if reference_time is not None else dt.datetime.now(dt.timezone.utc)
+
+
+def probe(spark: SparkSession, cfg: Config, *, listing: io.SourceListing | None = None) -> sources.SourceFiles:
+    """The source's files, split into readable and unreadable; stops here on an
+    unreadable one when ``clean.on_unreadable_file`` is ``fail``.
+
+    Files first: an unreadable one is left out (and listed) or stops the run
+    here, before Spark is given a path list that would fail mid-job.
+    """
+    files = sources.probe_files(spark, cfg.dataset.source, listing=listing)
+    if files.unreadable and cfg.clean.on_unreadable_file == "fail":
         bad = files.unreadable[0]
         more = f" (and {len(files.unreadable) - 1} more)" if len(files.unreadable) > 1 else ""
         raise UnreadableFileError(
             f"{sources.describe_unreadable(bad)}{more}; clean.on_unreadable_file=quarantine skips such files"
         )
+    return files
+
+
+INCOMING = "_incoming"  # 1: a row of this run's input, 0: an events_clean row it is checked against
+
+
+def as_validated(events_clean: DataFrame) -> DataFrame:
+    """``events_clean`` rows under the parsed-column names of :func:`validate_events`' output,
+    so that this run's rows can be deduplicated against them."""
+    return events_clean.select(
+        F.col(EVENT_ID).alias(P_EVENT_ID),
+        F.col(USER_ID),
+        F.col(ITEM_ID),
+        F.col(EVENT_TYPE).alias(P_TYPE),
+        F.col(EVENT_TIME).alias(P_TIME),
+        F.col(VALUE).alias(P_VALUE),
+        F.col(SESSION_ID),
+        F.col(SOURCE_FILE),
+    )
+
+
+@dataclasses.dataclass
+class Classified:
+    """Every input row of a run, checked (``validated``), and its valid rows flagged (``flagged``)."""
+
+    validated: DataFrame  # all input rows, with reason/detail (persisted)
+    flagged: DataFrame  # valid input rows with is_duplicate and is_bot
+    bot_user_ids: list[str]  # users found to be bots now, or known as bots before
+    _held: tuple[DataFrame, ...] = ()
+
+    def release(self) -> None:
+        for df in self._held:
+            df.unpersist()
+
+
+def classify(
+    spark: SparkSession,
+    cfg: Config,
+    files: sources.SourceFiles,
+    ref: dt.datetime,
+    *,
+    existing: DataFrame | None = None,
+    known_bots: list[str] | tuple[str, ...] = (),
+) -> Classified:
+    """Read ``files``, check every row, mark duplicates and bots.
+
+    Args:
+        existing: ``events_clean`` rows this run's rows are checked against
+            (an incremental run's look-back): a row repeating one of them is a
+            duplicate, and they count towards the bot rule. They are never
+            marked themselves: what is already clean stays clean.
+        known_bots: users found to be bots by earlier runs; their rows are bot rows.
+    """
+    clean, src = cfg.clean, cfg.dataset.source
     raw = sources.read_source(spark, src, files=files, max_record_bytes=clean.max_record_bytes).drop(
         sources.RAW_RECORD  # rendered again for quarantine rows only
     )
@@ -478,39 +575,53 @@ def run_clean(
     # unrolls partitions on the heap first (10M events overran a 1g driver).
     validated = validated.persist(StorageLevel.DISK_ONLY)
     valid = validated.where(F.col(REASON).isNull())
+    order = DEDUPE_ORDER_COLS
+    if existing is not None:
+        # Existing rows sort first within an event: a repeat of one of them is the duplicate.
+        valid = valid.withColumn(INCOMING, F.lit(1)).unionByName(
+            as_validated(existing).withColumn(INCOMING, F.lit(0)), allowMissingColumns=True)
+        order = (INCOMING, *DEDUPE_ORDER_COLS)
     # The two small results everything downstream joins with: kept so that
     # each consumer (counts, quarantine, clean) re-derives the flagged rows
     # with broadcast joins over the cache instead of a sort per consumer.
     groups = duplicate_groups(valid).persist(StorageLevel.MEMORY_AND_DISK)
     small = groups.count() <= MAX_BROADCAST_GROUPS
-    marked = mark_duplicates(valid, groups, broadcast_groups=small)
+    marked = mark_duplicates(valid, groups, broadcast_groups=small, order_cols=order)
     bots = find_bot_users(marked.where(~F.col(IS_DUPLICATE)), max_events_per_minute=clean.bot.max_events_per_minute)
+    if known_bots:
+        bots = bots.unionByName(spark.createDataFrame([(u,) for u in known_bots], f"{USER_ID} string")).distinct()
     bots = bots.persist(StorageLevel.MEMORY_AND_DISK)
-    flagged = flag_bot_users(marked, bots)
-    try:
-        report = _count_and_write(spark, cfg, validated, flagged, files, run_id, ref)
-    finally:
-        for df in (bots, groups, validated):
-            df.unpersist()
-    report["elapsed_s"] = round(time.monotonic() - started, 1)
-    io.write_json(spark, io.report_path(cfg.warehouse, "clean_events", run_id), report)
-    return report
+    if existing is not None:
+        marked = marked.where(F.col(INCOMING) == 1).drop(INCOMING)
+    # Bots are few by construction (see find_bot_users): their ids fit in a list.
+    bot_user_ids = sorted(r[USER_ID] for r in bots.collect())
+    return Classified(validated, flag_bot_users(marked, bots), bot_user_ids, (bots, groups, validated))
 
 
-def _count_and_write(
-    spark: SparkSession,
-    cfg: Config,
-    validated: DataFrame,
-    flagged: DataFrame,
-    files: sources.SourceFiles,
-    run_id: str,
-    ref: dt.datetime,
-) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class RowCounts:
+    """Where a run's input rows went; ``input == clean + duplicates + quarantined``."""
+
+    input: int
+    clean: int
+    duplicates: int
+    quarantined: int
+    by_reason: dict[str, int]
+    by_type: dict[str, int]
+    bot_users: list[str]  # among this run's rows
+
+
+def count_rows(classified: Classified) -> RowCounts:
+    """Count where every input row went, and check that they add up.
+
+    Raises:
+        ReconciliationError: a row was lost or counted twice.
+    """
+    validated, flagged = classified.validated, classified.flagged
     # Counts come from small aggregates over the cached frames (a few rows each).
     by_reason = {r[REASON]: r["count"] for r in validated.groupBy(REASON).count().collect()}
     input_rows = sum(by_reason.values())
     valid_rows = by_reason.pop(None, 0)
-    # Bots are few by construction (see flag_bot_users): their ids fit in a set.
     groups = (
         flagged.groupBy(IS_DUPLICATE, IS_BOT, P_TYPE)
         .agg(F.count(F.lit(1)).alias("count"), F.collect_set(F.when(F.col(IS_BOT), F.col(USER_ID))).alias("bots"))
@@ -528,7 +639,14 @@ def _count_and_write(
         raise ReconciliationError(
             f"input {input_rows} != clean {clean_rows} + duplicates {duplicates} + quarantined {quarantined}"
         )
+    return RowCounts(input_rows, clean_rows, duplicates, quarantined, by_reason, by_type, bot_users)
 
+
+def output_frames(
+    spark: SparkSession, cfg: Config, classified: Classified, files: sources.SourceFiles, *, run_id: str
+) -> dict[Table, DataFrame]:
+    """This run's rows of ``events_clean``, ``quarantine`` and ``quarantined_files``."""
+    validated, flagged = classified.validated, classified.flagged
     raw_record = sources.raw_record_column(cfg.dataset.source)
     bad = validated.where(F.col(REASON).isNotNull())
     bot_rows_df = flagged.where(F.col(IS_BOT) & ~F.col(IS_DUPLICATE)).withColumn(REASON, F.lit(REASON_BOT)).withColumn(
@@ -541,27 +659,53 @@ def _count_and_write(
     clean_df = to_events_clean(flagged.where(~F.col(IS_DUPLICATE) & ~F.col(IS_BOT)))
     # quarantined_files is written every run, empty when every file was read, so that
     # it always describes the same run as events_clean and quarantine.
-    outputs = {EVENTS_CLEAN: clean_df, QUARANTINE: quarantine,
-               QUARANTINED_FILES: to_quarantined_files(spark, files.unreadable, run_id=run_id)}
-    # Each table is written beside its place and counted there; only when all three hold
-    # exactly what was counted are they moved into place, so a failed check leaves the
-    # last good run's tables (and report) as they were.
+    return {EVENTS_CLEAN: clean_df, QUARANTINE: quarantine,
+            QUARANTINED_FILES: to_quarantined_files(spark, files.unreadable, run_id=run_id)}
+
+
+def write_staged(spark: SparkSession, cfg: Config, outputs: dict[Table, DataFrame],
+                 expected: dict[Table, int]) -> dict[Table, str]:
+    """Write each table beside its place and count it there.
+
+    Returns the staging paths; the caller moves them into place. When a count
+    differs from ``expected`` (or a write fails) the staging directories are
+    deleted and the tables in place are left as they were.
+
+    Raises:
+        ReconciliationError: written rows differ from the counted ones.
+    """
     staged = {t: io.staging_path(io.table_path(cfg.warehouse, t)) for t in outputs}
     try:
         for t, frame in outputs.items():
             io.write_table(frame, cfg.warehouse, t, path=staged[t])
         # Parquet counts are metadata reads.
         written = {t: io.read_table(spark, cfg.warehouse, t, path=staged[t]).count() for t in outputs}
-        counted = {EVENTS_CLEAN: clean_rows, QUARANTINE: quarantined, QUARANTINED_FILES: len(files.unreadable)}
-        if written != counted:
+        if written != expected:
             raise ReconciliationError("written rows differ from counted: " + ", ".join(
-                f"{t.name} {written[t]} vs {counted[t]}" for t in (EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES)))
+                f"{t.name} {written[t]} vs {expected[t]}" for t in outputs))
     except BaseException:
         for path in staged.values():
             io.delete_path(spark, path)
         raise
+    return staged
+
+
+def write_replacing(spark: SparkSession, cfg: Config, outputs: dict[Table, DataFrame], counts: RowCounts,
+                    classified: Classified | None = None) -> dict[str, Any]:
+    """The full clean's write: every table replaced whole by this run's rows."""
+    # Only when all three tables hold exactly what was counted are they moved
+    # into place, so a failed check leaves the last good run's tables as they were.
+    expected = {EVENTS_CLEAN: counts.clean, QUARANTINE: counts.quarantined,
+                QUARANTINED_FILES: outputs[QUARANTINED_FILES].count()}
+    staged = write_staged(spark, cfg, outputs, expected)
     for t, path in staged.items():
         io.publish_directory(spark, path, io.table_path(cfg.warehouse, t))
+    return {}
+
+
+def clean_report(cfg: Config, counts: RowCounts, files: sources.SourceFiles, *, run_id: str,
+                 ref: dt.datetime) -> dict[str, Any]:
+    """The run report: where this run's input rows and files went, and where the tables are."""
     c_path, q_path, qf_path = (io.table_path(cfg.warehouse, t) for t in (EVENTS_CLEAN, QUARANTINE, QUARANTINED_FILES))
     files_by_reason = {r: sum(1 for u in files.unreadable if u.reason == r) for r in FILE_REASON_CODES}
     return {
@@ -569,11 +713,11 @@ def _count_and_write(
         "dataset": cfg.dataset.name,
         "source_path": cfg.dataset.source.path,
         "reference_time": ref.isoformat(),
-        "input_rows": input_rows,
-        "clean_rows": clean_rows,
-        "duplicates": duplicates,
-        "quarantined_rows": quarantined,
-        "quarantined_by_reason": {r: by_reason.get(r, 0) for r in REASON_CODES},
+        "input_rows": counts.input,
+        "clean_rows": counts.clean,
+        "duplicates": counts.duplicates,
+        "quarantined_rows": counts.quarantined,
+        "quarantined_by_reason": {r: counts.by_reason.get(r, 0) for r in REASON_CODES},
         # Files, counted apart from rows: the row counts cover the files read.
         "input_files": len(files.readable),
         "quarantined_files": len(files.unreadable),
@@ -582,9 +726,10 @@ def _count_and_write(
             {"path": u.path, "size_bytes": u.size_bytes, "reason": u.reason, "detail": u.detail}
             for u in files.unreadable[:FILES_IN_REPORT]
         ],
-        "events_by_type": {t: by_type.get(t, 0) for t in sorted(set(cfg.clean.event_types) | set(by_type))},
-        "bot_users": len(bot_users),
-        "bot_user_ids": bot_users[:BOT_IDS_IN_REPORT],
+        "events_by_type": {t: counts.by_type.get(t, 0)
+                           for t in sorted(set(cfg.clean.event_types) | set(counts.by_type))},
+        "bot_users": len(counts.bot_users),
+        "bot_user_ids": counts.bot_users[:BOT_IDS_IN_REPORT],
         "reconciles": True,
         "outputs": {"events_clean": c_path, "quarantine": q_path, "quarantined_files": qf_path},
         "config": {"dataset": dataclasses.asdict(cfg.dataset), "clean": dataclasses.asdict(cfg.clean)},

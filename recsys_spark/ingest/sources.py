@@ -132,8 +132,11 @@ def raw_record_column(source: SourceConf) -> Column:
 # --------------------------------------------------------------------------- files
 
 
-def probe_files(spark: SparkSession, source: SourceConf) -> SourceFiles:
+def probe_files(spark: SparkSession, source: SourceConf, *, listing: io.SourceListing | None = None) -> SourceFiles:
     """List the source's files and try each one cheaply; split them into readable and unreadable.
+
+    ``listing``: the files to probe, when not all of the source's
+    (:func:`io.list_source_files`); an incremental clean passes the changed partitions'.
 
     * JSON/CSV: a compressed file (by name: ``.gz``, ``.bz2``, ...) is read
       to its end through its codec, streaming in the JVM (bounded memory), so a
@@ -149,10 +152,8 @@ def probe_files(spark: SparkSession, source: SourceConf) -> SourceFiles:
     path, fmt = source.path, source.format
     if not path:
         raise SourceError("dataset.source.path is empty: set it to the raw events")
-    try:
-        listing = io.list_source_files(spark, path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"dataset.source.path '{path}' does not exist") from None
+    if listing is None:
+        listing = list_files(spark, source)
     if not listing.files and not listing.unlisted:
         raise SourceError(f"dataset.source.path '{path}' holds no {fmt} files")
 
@@ -179,6 +180,14 @@ def probe_files(spark: SparkSession, source: SourceConf) -> SourceFiles:
         unreadable=sorted(unreadable, key=lambda u: u.path),
         parquet_columns={f: cols for f, cols, bad in probed if bad is None and cols is not None},
     )
+
+
+def list_files(spark: SparkSession, source: SourceConf) -> io.SourceListing:
+    """Every data file under ``source.path`` (:func:`io.list_source_files`), with the path named in errors."""
+    try:
+        return io.list_source_files(spark, source.path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"dataset.source.path '{source.path}' does not exist") from None
 
 
 def _spark_paths(files: list[str]) -> list[str]:

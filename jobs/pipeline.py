@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from recsys_spark import nightly, pipeline
+from recsys_spark.models import registry
 from recsys_spark.session import end_driver
 
 JOBS = Path(__file__).resolve().parent
@@ -34,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     opts, job_args = own.parse_known_args(argv)
     isolated = os.environ.get("RECSYS_ISOLATED", "0") == "1"
     models = os.environ.get("RECSYS_MODELS")
-    if models is None:
-        from recsys_spark.models import registry
-
-        neural = registry.names()
-    else:
-        neural = models.replace(",", " ").split()
+    neural = registry.names() if models is None else models.replace(",", " ").split()
     log_dir = Path(os.environ.get("RECSYS_LOG_DIR", "run/pipeline-logs"))
     mode = "isolated" if isolated else "one driver"
     wanted = os.environ.get("RECSYS_STAGES")

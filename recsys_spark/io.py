@@ -79,13 +79,22 @@ def run_manifest_path(warehouse: str, run_date: str) -> str:
     return f"{warehouse.rstrip('/')}/runs/run_date={run_date}/manifest.json"
 
 
+def is_local_path(path: str) -> bool:
+    """Whether ``path`` is on the local file system: a plain path or a ``file:`` URL (not hdfs://, s3a://...)."""
+    return "://" not in path or path.startswith("file:")
+
+
+def strip_file_scheme(path: str) -> str:
+    """A ``file://`` URL as a plain path; any other path unchanged."""
+    return path[len("file://"):] if path.startswith("file://") else path
+
+
 def metastore_dir(warehouse: str, *, fallback: str) -> str:
     """Where the embedded Derby metastore lives: ``<warehouse>/_metastore`` on a local
     warehouse (Derby needs a local directory), else ``fallback``."""
-    if "://" in warehouse and not warehouse.startswith("file:"):
+    if not is_local_path(warehouse):
         return os.path.abspath(fallback)
-    local = warehouse[len("file://"):] if warehouse.startswith("file://") else warehouse
-    return os.path.abspath(f"{local.rstrip('/')}/_metastore")
+    return os.path.abspath(f"{strip_file_scheme(warehouse).rstrip('/')}/_metastore")
 
 
 def run_lock_path(warehouse: str) -> str:

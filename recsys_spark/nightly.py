@@ -44,14 +44,6 @@ def _fs(path: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path if "://" in path else os.path.abspath(path))
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path or path.startswith("file:")
-
-
-def _local(path: str) -> str:
-    return path[len("file://"):] if path.startswith("file://") else path
-
-
 def fingerprint(path: str) -> str:
     """A hash of every file under ``path`` (name, size, modification time); ``missing`` when absent.
 
@@ -129,9 +121,9 @@ class Lock:
                 "started_at": dt.datetime.now(dt.timezone.utc).isoformat()}
 
     def acquire(self) -> "Lock":
-        if not _is_local(self.path):
+        if not io.is_local_path(self.path):
             return self._acquire_remote()
-        path = _local(self.path)
+        path = io.strip_file_scheme(self.path)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         for _ in range(2):
             try:

@@ -46,11 +46,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from recsys_spark.models import registry
 from recsys_spark.session import exit_code_of
 
 EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4
-
-POPULARITY_MODELS = ("popularity", "popularity_recent")
 
 
 @dataclass(frozen=True)
@@ -80,17 +79,17 @@ class Stage:
 
 
 def plan(neural_models: Sequence[str], *, generate: bool = False) -> list[Stage]:
-    """The stages of a run, in order."""
+    """The stages of a run, in order: the data stages, a ``train_<family>`` stage per family
+    registered in :mod:`recsys_spark.models.registry` (in registration order: popularity, EASE,
+    ALS, then any added), a ``train_neural <model>`` stage per model of ``neural_models``,
+    then evaluate and recommend."""
     stages = [Stage("generate_events", "generate_events", required=True)] if generate else []
     stages += [
         Stage("clean_events", "clean_events", required=True),
         Stage("build_tables", "build_tables", required=True),
         Stage("split", "split", required=True),
-        Stage("train_popularity", "train_baselines", ("--models", ",".join(POPULARITY_MODELS)),
-              required=True, models=POPULARITY_MODELS),
-        Stage("train_ease", "train_baselines", ("--models", "ease"), models=("ease",)),
-        Stage("train_als", "train_als", models=("als",)),
     ]
+    stages += [Stage(f.stage, f.job, f.args, required=f.required, models=f.models) for f in registry.families()]
     stages += [Stage(f"train_neural {m}", "train_neural", ("--model", m), models=(m,)) for m in neural_models]
     stages += [
         Stage("evaluate", "evaluate", takes_models=True),

@@ -21,12 +21,16 @@ so they are counted and evaluated separately, not silently dropped.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.schemas import EVENT_TIME, FOLD, ITEM_INDEX, LAST_TIME, SEGMENT, USER_INDEX, WEIGHT
+from recsys_spark.config import SplitConf, TablesConf
+from recsys_spark.schemas import (
+    EVENT_TIME, EVENTS_CLEAN, FOLD, INTERACTIONS, ITEM_INDEX, ITEM_INDEX_TABLE, LAST_TIME, SEGMENT, USER_INDEX,
+    USER_INDEX_TABLE, WEIGHT, Table,
+)
 from recsys_spark.tables import aggregate_interactions
 
 _KEY = [USER_INDEX, ITEM_INDEX]
@@ -148,6 +152,34 @@ def _mark_cold_items(split: DataFrame) -> DataFrame:
     before_test = train.unionByName(split.where(F.col(FOLD) == "validation"))
     held_test = _segment(held.where(F.col(FOLD) == "test"), before_test)
     return train.unionByName(held_val.select(*train.columns)).unionByName(held_test.select(*train.columns))
+
+
+def split_by_protocol(conf: SplitConf, read: Callable[[Table], DataFrame], *, tables: TablesConf
+                      ) -> tuple[DataFrame, dict]:
+    """The split ``conf.protocol`` names, with ``conf``'s settings.
+
+    Args:
+        read: a table by its schema (the job's ``io.read_table``); only the tables the
+            protocol needs are read: ``events_clean`` and the indexes for ``temporal``
+            (aggregated with ``tables``' weights), ``interactions`` for the others.
+
+    Returns:
+        (split rows with ``fold`` and ``segment``, the protocol's info).
+    """
+    if conf.protocol == "temporal":
+        return temporal_split(
+            read(EVENTS_CLEAN),
+            read(USER_INDEX_TABLE),
+            read(ITEM_INDEX_TABLE),
+            test_fraction=conf.test_fraction,
+            validation_fraction=conf.validation_fraction,
+            event_weights=tables.event_weights,
+            rating_value_as_weight=tables.rating_value_as_weight,
+        )
+    if conf.protocol == "leave_last_n":
+        return leave_last_n_split(read(INTERACTIONS), n=conf.leave_n)
+    return random_split(read(INTERACTIONS), train_ratio=conf.train_ratio, validation_ratio=conf.validation_ratio,
+                        seed=conf.seed)
 
 
 def fold(split: DataFrame, name: str, *, segment: str | None = None) -> DataFrame:

@@ -1,6 +1,7 @@
 """Serving: validation rules, the quality gate, MMR and explanations, and the
 recommend job end to end on a tiny warehouse built by the real jobs (publish,
-idempotent re-run, a failure before publish, exclusion list, cold start, --force)."""
+idempotent re-run, a failure before publish, exclusion list, cold start, --force), and a model
+family added by one registration line, from the night's plan to the published run."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,7 +15,8 @@ import pandas as pd
 import pytest
 
 from tests.conftest import load_job
-from recsys_spark import io
+from recsys_spark import io, pipeline
+from recsys_spark.models import fitted, registry
 from recsys_spark.scoring import scorers
 from recsys_spark.serve import checks, errors, publish, recommend, rerank, select
 from recsys_spark.schemas import EVENTS_CLEAN, INTERACTIONS, ITEM_INDEX_TABLE, RECOMMENDATIONS, USER_INDEX_TABLE
@@ -575,7 +577,7 @@ def test_quality_gate_refuses_a_worse_model_and_force_publishes_it(spark, publis
 def test_torch_model_is_served_by_a_forward_pass(spark, base_wh, tmp_path):
     import torch
 
-    from recsys_spark.models import artifacts, registry
+    from recsys_spark.models import artifacts
     from recsys_spark.scoring import torch_model as scorer_module
 
     wh = copy_wh(base_wh, tmp_path)
@@ -635,3 +637,57 @@ def test_ease_is_served_from_its_shipped_item_item_file(spark, base_wh, tmp_path
             if why is not None:
                 assert why in set(seen[seen.user_id == user].item_id)
                 assert b[items[why], items[rec_item]] > 0
+
+
+# --------------------------------------------------------------------------- a family added by one registration
+
+
+def fit_item_order(spark, name, rows, *, n_items, cfg):
+    """A throwaway family: every user's scores are the item indexes (the highest index first); nothing learnt."""
+    return fitted.rank_one(spark, name, np.arange(n_items, dtype=np.float32), params={"order": "item_index"})
+
+
+@pytest.fixture
+def item_order_family():
+    family = registry.register_family("item_order", f"{__name__}:fit_item_order")
+    yield family
+    registry.unregister_family("item_order")
+
+
+@pytest.mark.spark
+def test_a_family_is_one_registration_planned_trained_evaluated_and_served(spark, base_wh, tmp_path,
+                                                                           item_order_family):
+    """docs/architecture.md, "Adding a model": a fit and a register_family line, and the night plans
+    its stage, train_baselines fits and saves it, evaluate and recommend load and serve it."""
+    stages = pipeline.plan(["neumf"])
+    names = [s.name for s in stages]
+    # After the families registered before it, before the neural models; not required.
+    assert names.index("train_als") < names.index("train_item_order") < names.index("train_neural neumf")
+    stage = stages[names.index("train_item_order")]
+    assert (stage.job, stage.args, stage.models, stage.required) == (
+        "train_baselines", ("--models", "item_order"), ("item_order",), False)
+    assert registry.baseline_names()[-1] == "item_order"
+
+    wh = copy_wh(base_wh, tmp_path)
+    report = load_job(stage.job).main(job_args(wh, DAY1) + list(stage.args))
+    assert set(report) == {"item_order"}
+
+    model = select.load_model(spark, wh, "item_order")
+    n_items = io.read_table(spark, wh, ITEM_INDEX_TABLE).count()
+    assert model.kind == "dot_product" and model.params == {"order": "item_index"}
+    np.testing.assert_array_equal(model.scorer.item_matrix[:, 0], np.arange(n_items))
+    assert "ndcg_at_10" in model.metadata["metrics"]["validation"]
+
+    evaluated = load_job("evaluate").main(job_args(wh, DAY1) + ["--models", "item_order"])
+    assert [r["model"] for r in evaluated["results"]] == ["item_order"]
+    assert Path(io.metrics_path(wh, DAY1, "item_order.json")).exists()
+
+    load_job("recommend").main(job_args(wh, DAY1, "recommend.model=item_order"))
+    served = read_run(wh, DAY1)
+    served = served[served.source == "model"]
+    assert set(served.model) == {"item_order"} and (served.groupby("user_id").size() == N).all()
+    seen = interactions_raw(spark, wh)
+    items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().set_index("item_id").item_index
+    for user in served.user_id.unique()[:5]:
+        unseen = sorted(set(range(n_items)) - set(items[seen[seen.user_id == user].item_id]), reverse=True)
+        assert items[served[served.user_id == user].item_id].tolist() == unseen[:N]

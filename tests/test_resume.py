@@ -163,3 +163,13 @@ def test_the_pipeline_job_exits_4_while_another_run_holds_the_lock(night, monkey
     status = json.loads((night["tmp"] / "logs" / "status.json").read_text())
     assert code == pipeline.EXIT_LOCKED == status["exit_code"] and status["stages"] == []
     assert "lock" in status["outcome"] and str(os.getpid()) in status["outcome"]
+
+
+def test_local_paths_are_told_from_remote_ones_by_one_rule():
+    """The lock (O_EXCL on a local path) and Derby's metastore (a local directory) ask io alike."""
+    for path in ("wh", "/abs/wh", "file:///abs/wh", "file:/abs/wh"):
+        assert nightly.io.is_local_path(path), path
+    for path in ("hdfs://nn:8020/wh", "s3a://bucket/wh"):
+        assert not nightly.io.is_local_path(path), path
+    assert nightly.io.metastore_dir("file:///abs/wh/", fallback="ms") == "/abs/wh/_metastore"
+    assert nightly.io.metastore_dir("s3a://bucket/wh", fallback="run/ms") == os.path.abspath("run/ms")

@@ -8,6 +8,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark import split
+from recsys_spark.config import SplitConf, TablesConf
 from recsys_spark.schemas import EVENTS_CLEAN, ITEM_INDEX_TABLE, USER_INDEX_TABLE
 
 pytestmark = pytest.mark.spark
@@ -103,3 +104,20 @@ def test_training_rows_final_adds_validation(spark):
     assert n["validation"] > 0
     assert split.training_rows(out, final=False).count() == n["train"]
     assert split.training_rows(out, final=True).count() == n["train"] + n["validation"]
+
+
+def test_the_protocol_setting_chooses_the_split_and_the_tables_it_reads(spark):
+    uidx, iidx = indexes(spark, ["a", "b"], ["x", "y"])
+    frames = {EVENTS_CLEAN.name: make_events(spark, [("a", "x", 0, "view"), ("b", "y", 99, "click")]),
+              USER_INDEX_TABLE.name: uidx, ITEM_INDEX_TABLE.name: iidx, "interactions": synthetic_interactions(spark)}
+    for protocol, tables, info in [
+        ("temporal", ["events_clean", "user_index", "item_index"], {"validation_cutoff", "test_cutoff"}),
+        ("leave_last_n", ["interactions"], {"leave_n"}),
+        ("random", ["interactions"], {"train_ratio", "validation_ratio", "seed"}),
+    ]:
+        read = []
+        out, got = split.split_by_protocol(SplitConf(protocol=protocol, leave_n=2, seed=5),
+                                           lambda t: read.append(t.name) or frames[t.name], tables=TablesConf())
+        assert read == tables and set(got) == info, protocol
+        assert {"fold", "segment"} <= set(out.columns)
+    assert got["seed"] == 5

@@ -187,7 +187,6 @@ def fit_ease(
 # --------------------------------------------------------------------------- the baselines as fitted models
 
 POPULARITY, POPULARITY_RECENT, EASE = "popularity", "popularity_recent", "ease"
-NAMES = (POPULARITY, POPULARITY_RECENT, EASE)
 
 
 def fit_popularity(spark, train: DataFrame, n_items: int, *, name: str = POPULARITY,
@@ -197,15 +196,21 @@ def fit_popularity(spark, train: DataFrame, n_items: int, *, name: str = POPULAR
     return fitted.rank_one(spark, name, popularity_vector(train, n_items, recent_days=recent_days), params=params)
 
 
-def fit(spark, name: str, train: DataFrame, *, n_items: int, cfg: Config) -> FittedModel:
-    """Baseline ``name`` (one of :data:`NAMES`) fitted on ``train`` with ``cfg``'s settings."""
-    if name == EASE:
-        b = fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items,
-                     python_memory=cfg.spark.driver_python_memory_bytes)
-        # Written to a local file and shipped to executors: B is not kept on the driver.
-        return fitted.item_item(spark, name, matrix=b, params={"l2": cfg.ease.l2})
+# The families' fits (registered in recsys_spark.models.registry): fit(spark, name, rows, *, n_items, cfg).
+
+
+def fit_popularity_model(spark, name: str, train: DataFrame, *, n_items: int, cfg: Config) -> FittedModel:
+    """``popularity`` (all time) or ``popularity_recent`` (``popularity.recent_days``) fitted on ``train``."""
     if name == POPULARITY_RECENT:
         return fit_popularity(spark, train, n_items, name=name, recent_days=cfg.popularity.recent_days)
     if name == POPULARITY:
         return fit_popularity(spark, train, n_items)
-    raise ValueError(f"unknown baseline '{name}'; known: {', '.join(NAMES)}")
+    raise ValueError(f"the popularity family has no model '{name}' ({POPULARITY}, {POPULARITY_RECENT})")
+
+
+def fit_ease_model(spark, name: str, train: DataFrame, *, n_items: int, cfg: Config) -> FittedModel:
+    """EASE fitted on ``train`` with ``cfg.ease``'s settings."""
+    b = fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items,
+                 python_memory=cfg.spark.driver_python_memory_bytes)
+    # Written to a local file and shipped to executors: B is not kept on the driver.
+    return fitted.item_item(spark, name, matrix=b, params={"l2": cfg.ease.l2})

@@ -13,8 +13,9 @@ artifacts and its metadata. It is saved as ``<warehouse>/models/<name>/``
   of users (:class:`recsys_spark.scoring.torch_model.TorchModelScorer`).
 
 A kind says how a model is stored and scored, not which family it is: a new
-neural model is a model file and a registry line, and serving, evaluation and
-the training jobs handle it through this type.
+model family (neural or not) is a model file and a registry line
+(:mod:`recsys_spark.models.registry`), and serving, evaluation and the
+training jobs handle it through this type.
 """
 from __future__ import annotations
 

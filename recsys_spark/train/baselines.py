@@ -1,5 +1,6 @@
-"""Training the baselines: each fitted on train and judged on validation, then refitted
-on train + validation, scored on test and saved (:mod:`recsys_spark.models.baselines`)."""
+"""Training the families ``jobs/train_baselines.py`` fits (popularity, EASE, any family registered
+with a fit in :mod:`recsys_spark.models.registry`): each model fitted on train and judged on
+validation, then refitted on train + validation, scored on test and saved."""
 from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
@@ -7,18 +8,23 @@ from pyspark.sql import DataFrame, SparkSession
 from recsys_spark import split
 from recsys_spark.config import Config
 from recsys_spark.evaluate import folds
-from recsys_spark.models import baselines
+from recsys_spark.models import registry
 
 
 def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, names: list[str], *, n_users: int,
           n_items: int) -> dict:
-    """Fit, judge, refit, score and save every baseline in ``names``; returns the job's report."""
+    """Fit, judge, refit, score and save every model in ``names``; returns the job's report.
+
+    Raises:
+        recsys_spark.models.registry.UnknownModel: a name no family with a fit trains (before any fit).
+    """
     primary, report = cfg.evaluation.primary_metric, {}
-    for name in names:
-        selection = baselines.fit(spark, name, split.training_rows(split_rows, final=False), n_items=n_items, cfg=cfg)
+    fits = [(name, registry.baseline_fit(name)) for name in names]
+    for name, fit in fits:
+        selection = fit(spark, name, split.training_rows(split_rows, final=False), n_items=n_items, cfg=cfg)
         validation = folds.validation_metrics(selection, split_rows, n_items, cfg)
         selection.release()
-        final = baselines.fit(spark, name, split.training_rows(split_rows, final=True), n_items=n_items, cfg=cfg)
+        final = fit(spark, name, split.training_rows(split_rows, final=True), n_items=n_items, cfg=cfg)
         folds.finish(spark, cfg, final, split_rows, n_users=n_users, n_items=n_items, validation=validation)
         final.release()
         report[name] = {f"{primary}_validation": validation.get(primary)}

@@ -3,9 +3,10 @@
     scripts/pipeline.sh --dataset movielens-100k --warehouse warehouse/ml-100k --set split.protocol=random
 
 Every argument goes to every stage's job, except the run's own: --from STAGE
-(rerun from that stage on) and --force (rerun every stage; by default a rerun
+(rerun from that stage on), --force (rerun every stage; by default a rerun
 of the same date skips the stages that succeeded with unchanged inputs, see
-recsys_spark/nightly.py). The run itself is set from the environment, as
+recsys_spark/nightly.py) and --backfill START END (the clean stage cleans the
+source's date folders in that range again, recsys_spark/ingest/incremental.py). The run itself is set from the environment, as
 scripts/pipeline.sh documents: RECSYS_STAGES (which stages), RECSYS_MODELS
 (which neural models; empty: none), RECSYS_GENERATE=1 (write the synthetic log
 first), RECSYS_LOG_DIR (logs and status.json), RECSYS_ISOLATED=1 (one
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from recsys_spark import nightly, pipeline
+from recsys_spark.cli import iso_date
 from recsys_spark.models import registry
 from recsys_spark.session import end_driver
 
@@ -32,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     own = argparse.ArgumentParser(add_help=False)
     own.add_argument("--from", dest="from_stage", default=None)
     own.add_argument("--force", action="store_true")
+    own.add_argument("--backfill", nargs=2, metavar=("START", "END"), type=iso_date, default=None)
     opts, job_args = own.parse_known_args(argv)
     isolated = os.environ.get("RECSYS_ISOLATED", "0") == "1"
     models = os.environ.get("RECSYS_MODELS")
@@ -40,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = "isolated" if isolated else "one driver"
     wanted = os.environ.get("RECSYS_STAGES")
     try:
-        stages = pipeline.selected(pipeline.plan(neural, generate=os.environ.get("RECSYS_GENERATE", "0") == "1"),
-                                   wanted)
+        stages = pipeline.selected(pipeline.plan(neural, generate=os.environ.get("RECSYS_GENERATE", "0") == "1",
+                                                 backfill=tuple(opts.backfill) if opts.backfill else None), wanted)
         if opts.from_stage and opts.from_stage not in {s.key for s in stages}:
             raise ValueError(f"--from {opts.from_stage} is no stage of this run "
                              f"(its stages: {' '.join(dict.fromkeys(s.key for s in stages))})")

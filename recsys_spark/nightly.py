@@ -69,13 +69,21 @@ def config_hash(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def stage_paths(job: str, args: tuple[str, ...], cfg: Config, run_date: str) -> tuple[list[str], list[str]]:
-    """(inputs, outputs) of a stage: the paths its job reads and writes, from the config."""
+def stage_paths(job: str, args: tuple[str, ...], cfg: Config, run_date: str,
+                models: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """(inputs, outputs) of a stage: the paths its job reads and writes, from the config.
+
+    ``models``: the models a training stage writes (the plan's ``Stage.models``;
+    ``train_als`` names none in its arguments). Without them they are read from
+    ``--models`` / ``--model``.
+    """
     wh = cfg.warehouse
     t = lambda name: io.table_path(wh, name)  # noqa: E731 - a table's path, read like a name
     index = [t("user_index"), t("item_index")]
-    model_names = list(args[args.index("--models") + 1].split(",")) if "--models" in args else []
-    if "--model" in args:
+    model_names = list(models)
+    if not model_names and "--models" in args:
+        model_names = args[args.index("--models") + 1].split(",")
+    if not model_names and "--model" in args:
         model_names = [args[args.index("--model") + 1]]
     trained = [io.model_dir(wh, m) for m in model_names] + [f"{io.eval_recs_root(wh)}/{m}" for m in model_names]
     if job == "generate_events":
@@ -316,7 +324,7 @@ def prepare(job_args: list[str], *, from_stage: str | None, force: bool):
         return job_args, None, None
     resume = Resume(
         manifest=manifest, config=config_hash(cfg),
-        paths=lambda stage: stage_paths(stage.job, stage.args, cfg, day),
+        paths=lambda stage: stage_paths(stage.job, stage.args, cfg, day, stage.models),
         from_stage=from_stage, force=force)
     return job_args, resume, Lock.for_warehouse(cfg.warehouse, day)
 

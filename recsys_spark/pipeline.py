@@ -78,14 +78,15 @@ class Stage:
         return self.name.split()[0]
 
 
-def plan(neural_models: Sequence[str], *, generate: bool = False) -> list[Stage]:
+def plan(neural_models: Sequence[str], *, generate: bool = False,
+         backfill: tuple[str, str] | None = None) -> list[Stage]:
     """The stages of a run, in order: the data stages, a ``train_<family>`` stage per family
     registered in :mod:`recsys_spark.models.registry` (in registration order: popularity, EASE,
     ALS, then any added), a ``train_neural <model>`` stage per model of ``neural_models``,
-    then evaluate and recommend."""
+    then evaluate and recommend. ``backfill`` (START, END) goes to the clean stage only."""
     stages = [Stage("generate_events", "generate_events", required=True)] if generate else []
     stages += [
-        Stage("clean_events", "clean_events", required=True),
+        Stage("clean_events", "clean_events", ("--backfill", *backfill) if backfill else (), required=True),
         Stage("build_tables", "build_tables", required=True),
         Stage("split", "split", required=True),
     ]

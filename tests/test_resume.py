@@ -32,7 +32,7 @@ class Writer:
         log.write_text(stage.name)
         if stage.name in self.fail:
             return 1, f"boom in {stage.name}"
-        _, outputs = nightly.stage_paths(stage.job, stage.args, self.cfg, DAY)
+        _, outputs = nightly.stage_paths(stage.job, stage.args, self.cfg, DAY, stage.models)
         for path in outputs:
             os.makedirs(path, exist_ok=True)
             with open(os.path.join(path, f"part-{time.time_ns()}"), "w") as f:
@@ -96,13 +96,14 @@ def test_a_changed_input_reruns_its_stage_and_everything_after_it(night):
     assert len(ran(again)) == len(again.stages)
 
 
-def test_a_deleted_output_reruns_its_stage(night):
+@pytest.mark.parametrize("model", ["ease", "als"])  # ALS's stage names no model in its arguments
+def test_a_deleted_output_reruns_its_stage(night, model):
     run_night(night, Writer(night["cfg"]))
     import shutil
 
-    shutil.rmtree(nightly.io.model_dir(str(night["wh"]), "ease"))
+    shutil.rmtree(nightly.io.model_dir(str(night["wh"]), model))
     again = run_night(night, Writer(night["cfg"]))
-    assert ran(again) == ["train_ease", "evaluate", "recommend"]
+    assert ran(again) == [f"train_{model}", "evaluate", "recommend"]
 
 
 def test_from_and_force(night):

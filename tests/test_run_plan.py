@@ -49,6 +49,15 @@ def test_every_stage_runs_in_order_with_the_shared_arguments_last(tmp_path):
     assert written["exit_code"] == 0 and [s["status"] for s in written["stages"]] == ["ok"] * 11
 
 
+def test_a_backfill_goes_to_the_clean_stage_alone(tmp_path):
+    rec = Recorder()
+    plan = pipeline.plan(NEURAL, backfill=("2026-01-05", "2026-01-07"))
+    pipeline.run(plan, ["--dataset", "synthetic"], rec, log_dir=tmp_path, mode="test", out=io.StringIO())
+    argv = dict(rec.calls)
+    assert argv["clean_events"] == ["--backfill", "2026-01-05", "2026-01-07", "--dataset", "synthetic"]
+    assert all("--backfill" not in a for name, a in rec.calls if name != "clean_events")
+
+
 def test_a_failed_model_is_left_out_of_evaluation_and_serving_and_the_run_exits_3(tmp_path):
     rec = Recorder(fail={"train_ease": 1, "train_neural neumf": 1})
     status = run(tmp_path, rec)

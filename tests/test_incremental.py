@@ -147,6 +147,28 @@ def test_new_ids_get_new_index_rows_and_known_ids_keep_theirs(three_nights):
     assert users.loc["u_new_day3", "user_index"] > users[users.first_indexed.astype(str) == DAYS[0]].user_index.max()
 
 
+def test_users_new_tonight_get_recommendations_from_popularity(three_nights):
+    """Day 3's new user has only test-fold events (the last hour): cold, served by popularity."""
+    import pyarrow.parquet as pq
+
+    argv = three_nights["argv"] + ["--set", f"run_date={DAYS[-1]}", "--set", "recommend.n=5",
+                                   "--set", "recommend.min_coverage=0.0", "--set", "recommend.max_metric_drop=1.0"]
+    load_job("split").main(argv)
+    load_job("train_baselines").main(argv + ["--models", "popularity,popularity_recent"])
+    load_job("recommend").main(argv + ["--models", "popularity,popularity_recent"])
+    recs = pq.read_table(io.recommendations_run_path(str(three_nights["wh"]), DAYS[-1])).to_pandas()
+    mine = recs[recs.user_id == "u_new_day3"]
+    # Served by popularity: the cold-start fallback, or the serving model when popularity is the best trained.
+    assert len(mine) == 5
+    assert set(mine.source) == {"popularity_fallback"} or set(mine.model) <= {"popularity", "popularity_recent"}
+    assert known_items_of(three_nights, "u_new_day3").isdisjoint(mine.item_id)
+
+
+def known_items_of(three_nights, user: str) -> set[str]:
+    events = table(three_nights["spark"], three_nights["wh"], EVENTS_CLEAN)
+    return set(events[events.user_id == user].item_id)
+
+
 def test_a_night_with_nothing_new_changes_nothing_and_a_backfill_rebuilds_the_same(three_nights, tmp_path):
     spark, wh, argv = three_nights["spark"], three_nights["wh"], three_nights["argv"]
     before = {t.name: table(spark, wh, t, ["run_id"] if t is QUARANTINE else []) for t in (EVENTS_CLEAN, QUARANTINE)}

@@ -228,8 +228,9 @@ def _replace(spark: SparkSession, cfg: Config, outputs: dict[Table, DataFrame], 
     wh = cfg.warehouse
     old_clean = io.read_table(spark, wh, EVENTS_CLEAN)
     new_clean = outputs[EVENTS_CLEAN]
-    dates = {r[0] for r in old_clean.where(_from(replaced)).select(EVENT_DATE).distinct().collect()}
-    dates |= {r[0] for r in new_clean.select(EVENT_DATE).distinct().collect()}
+    # One pass over events_clean's source_file column: where the replaced files' rows lie, and how many.
+    leaving = {r[0]: r[1] for r in old_clean.where(_from(replaced)).groupBy(EVENT_DATE).count().collect()}
+    dates = set(leaving) | {r[0] for r in new_clean.select(EVENT_DATE).distinct().collect()}
     affected = sorted(dates)
     kept_clean = old_clean.where(F.col(EVENT_DATE).isin(affected) & ~_from(replaced)) if affected else None
     frames, expected = {}, {}
@@ -242,7 +243,6 @@ def _replace(spark: SparkSession, cfg: Config, outputs: dict[Table, DataFrame], 
         frames[table] = kept.unionByName(outputs[table]) if kept is not None else outputs[table]
         added = outputs[table].count() if added is None else added
         expected[table] = (kept.count() if kept is not None else 0) + added
-    removed_rows = old_clean.where(_from(replaced)).count()
     staged = cleaning.write_staged(spark, cfg, frames, expected)
     for table in (QUARANTINE, QUARANTINED_FILES):
         io.publish_directory(spark, staged[table], io.table_path(wh, table))
@@ -251,7 +251,7 @@ def _replace(spark: SparkSession, cfg: Config, outputs: dict[Table, DataFrame], 
         io.replace_partitions(spark, staged[EVENTS_CLEAN], io.table_path(wh, EVENTS_CLEAN), parts)
     return {
         "event_dates_rewritten": [d.isoformat() for d in affected],
-        "events_clean_rows_replaced": removed_rows,
+        "events_clean_rows_replaced": sum(leaving.values()),
         "events_clean_rows_in_rewritten_dates": expected.get(EVENTS_CLEAN, 0),
     }
 

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 
 import numpy as np
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
@@ -77,11 +78,6 @@ def update_index(
     return previous.select(id_col, index_col, "first_indexed").unionByName(appended)
 
 
-def first_seen(events: DataFrame, *, id_col: str) -> DataFrame:
-    """One row per id with its earliest event time (``first_seen``)."""
-    return events.groupBy(id_col).agg(F.min(EVENT_TIME).alias("first_seen"))
-
-
 def _event_weight(event_weights: Mapping[str, float], rating_value_as_weight: bool):
     """Column: each event's contribution to its interaction's weight."""
     expr = F.lit(0.0)
@@ -90,6 +86,50 @@ def _event_weight(event_weights: Mapping[str, float], rating_value_as_weight: bo
             continue  # ratings contribute their latest value instead, below
         expr = F.when(F.col(EVENT_TYPE) == event_type, F.lit(float(w))).otherwise(expr)
     return expr
+
+
+PAIR_EVENTS, PAIR_WEIGHT, PAIR_RATING, FIRST_TIME = "event_count", "_weight", "_latest_rating", "first_time"
+
+
+def pair_aggregates(events: DataFrame, *, event_weights: Mapping[str, float],
+                    rating_value_as_weight: bool = True) -> DataFrame:
+    """One row per (``user_id``, ``item_id``) of ``events``: what every table is built from.
+
+    The one aggregation over events (a shuffle of every event); the users,
+    items and interactions tables then aggregate these rows, one per pair,
+    instead of each shuffling every event again. Columns: the ids,
+    ``_weight`` (sum of ``event_weights``, ratings excluded when their value
+    counts), ``_latest_rating`` (the latest rating's value, or null),
+    ``event_count``, ``first_time``, ``last_time`` and ``n_<type>`` per event type.
+    """
+    is_rating = F.col(EVENT_TYPE) == "rating"
+    latest_rating = F.max_by(F.when(is_rating, F.col(VALUE)), F.when(is_rating, F.col(EVENT_TIME)))
+    if not rating_value_as_weight:
+        latest_rating = F.lit(None).cast("double")
+    return events.groupBy(USER_ID, ITEM_ID).agg(
+        F.sum(_event_weight(event_weights, rating_value_as_weight)).alias(PAIR_WEIGHT),
+        latest_rating.alias(PAIR_RATING),
+        F.count(F.lit(1)).alias(PAIR_EVENTS),
+        F.min(EVENT_TIME).alias(FIRST_TIME),
+        F.max(EVENT_TIME).alias(LAST_TIME),
+        *[F.sum(F.when(F.col(EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}") for t in EVENT_TYPES],
+    )
+
+
+def interactions_from_pairs(pairs: DataFrame, user_index: DataFrame, item_index: DataFrame) -> DataFrame:
+    """The ``interactions`` rows of :func:`pair_aggregates`' pairs (weight = event weights + latest rating)."""
+    return (
+        pairs.join(user_index.select(USER_ID, USER_INDEX), USER_ID)
+        .join(item_index.select(ITEM_ID, ITEM_INDEX), ITEM_ID)
+        .select(
+            USER_INDEX,
+            ITEM_INDEX,
+            (F.col(PAIR_WEIGHT) + F.coalesce(F.col(PAIR_RATING), F.lit(0.0))).cast("float").alias(WEIGHT),
+            PAIR_EVENTS,
+            FIRST_TIME,
+            LAST_TIME,
+        )
+    )
 
 
 def aggregate_interactions(
@@ -113,23 +153,8 @@ def aggregate_interactions(
     Returns:
         Columns of the ``interactions`` table.
     """
-    is_rating = F.col(EVENT_TYPE) == "rating"
-    latest_rating = F.max_by(F.when(is_rating, F.col(VALUE)), F.when(is_rating, F.col(EVENT_TIME)))
-    if not rating_value_as_weight:
-        latest_rating = F.lit(0.0)
-    return (
-        events.join(user_index.select(USER_ID, USER_INDEX), USER_ID)
-        .join(item_index.select(ITEM_ID, ITEM_INDEX), ITEM_ID)
-        .groupBy(USER_INDEX, ITEM_INDEX)
-        .agg(
-            (F.sum(_event_weight(event_weights, rating_value_as_weight)) + F.coalesce(latest_rating, F.lit(0.0)))
-            .cast("float")
-            .alias(WEIGHT),
-            F.count(F.lit(1)).alias("event_count"),
-            F.min(EVENT_TIME).alias("first_time"),
-            F.max(EVENT_TIME).alias(LAST_TIME),
-        )
-    )
+    pairs = pair_aggregates(events, event_weights=event_weights, rating_value_as_weight=rating_value_as_weight)
+    return interactions_from_pairs(pairs, user_index, item_index)
 
 
 def filter_min_activity(interactions: DataFrame, *, min_user: int, min_item: int) -> DataFrame:
@@ -147,38 +172,34 @@ def filter_min_activity(interactions: DataFrame, *, min_user: int, min_item: int
     return interactions
 
 
-def build_users(events: DataFrame, user_index: DataFrame) -> DataFrame:
-    """The ``users`` table: first/last seen, distinct items and counts by event type."""
-    counts = [
-        F.sum(F.when(F.col(EVENT_TYPE) == t, 1).otherwise(0)).cast("long").alias(f"n_{t}")
-        for t in EVENT_TYPES
-    ]
+def build_users(pairs: DataFrame, user_index: DataFrame) -> DataFrame:
+    """The ``users`` table from :func:`pair_aggregates`: first/last seen, distinct items, counts by event type."""
     return (
-        events.groupBy(USER_ID)
+        pairs.groupBy(USER_ID)
         .agg(
-            F.min(EVENT_TIME).alias("first_seen"),
-            F.max(EVENT_TIME).alias("last_seen"),
-            F.count(F.lit(1)).alias("n_events"),
-            F.countDistinct(ITEM_ID).alias("n_items"),
-            *counts,
+            F.min(FIRST_TIME).alias("first_seen"),
+            F.max(LAST_TIME).alias("last_seen"),
+            F.sum(PAIR_EVENTS).alias("n_events"),
+            F.count(F.lit(1)).alias("n_items"),  # one pair per distinct item
+            *[F.sum(f"n_{t}").alias(f"n_{t}") for t in EVENT_TYPES],
         )
         .join(user_index.select(USER_ID, USER_INDEX), USER_ID)
     )
 
 
-def build_items(events: DataFrame, item_index: DataFrame, metadata: DataFrame | None = None) -> DataFrame:
-    """The ``items`` table: popularity (distinct users), activity, optional metadata.
+def build_items(pairs: DataFrame, item_index: DataFrame, metadata: DataFrame | None = None) -> DataFrame:
+    """The ``items`` table from :func:`pair_aggregates`: popularity (distinct users), activity, optional metadata.
 
     Args:
         metadata: ``item_id``, ``title``, ``year``, ``genres`` (array) or None.
     """
     items = (
-        events.groupBy(ITEM_ID)
+        pairs.groupBy(ITEM_ID)
         .agg(
-            F.countDistinct(USER_ID).alias("popularity"),
-            F.count(F.lit(1)).alias("n_events"),
-            F.min(EVENT_TIME).alias("first_seen"),
-            F.max(EVENT_TIME).alias("last_seen"),
+            F.count(F.lit(1)).alias("popularity"),  # one pair per distinct user
+            F.sum(PAIR_EVENTS).alias("n_events"),
+            F.min(FIRST_TIME).alias("first_seen"),
+            F.max(LAST_TIME).alias("last_seen"),
         )
         .join(item_index.select(ITEM_ID, ITEM_INDEX), ITEM_ID)
     )
@@ -296,10 +317,14 @@ def run_build_tables(spark: SparkSession, cfg: Config, *, run_date: str) -> dict
     Returns the run report (row counts of what was written).
     """
     wh, conf = cfg.warehouse, cfg.tables
-    # events_clean is read by every aggregate below; cache once instead of re-scanning.
-    events = io.read_table(spark, wh, EVENTS_CLEAN).cache()
+    # Every table below is an aggregate of the per-pair rows: events are
+    # shuffled once, and the pairs (fewer rows, no strings but the ids) are kept.
+    pairs = pair_aggregates(io.read_table(spark, wh, EVENTS_CLEAN), event_weights=conf.event_weights,
+                            rating_value_as_weight=conf.rating_value_as_weight)
+    pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)
     for table, id_col, index_col in ((USER_INDEX_TABLE, USER_ID, USER_INDEX), (ITEM_INDEX_TABLE, ITEM_ID, ITEM_INDEX)):
-        index = update_index(first_seen(events, id_col=id_col), io.read_table_if_exists(spark, wh, table),
+        first = pairs.groupBy(id_col).agg(F.min(FIRST_TIME).alias("first_seen"))
+        index = update_index(first, io.read_table_if_exists(spark, wh, table),
                              id_col=id_col, index_col=index_col, run_date=run_date)
         io.write_table(index, wh, table)
     # Read back what was published so every table below uses the same numbering.
@@ -308,15 +333,14 @@ def run_build_tables(spark: SparkSession, cfg: Config, *, run_date: str) -> dict
     user_index = io.read_table(spark, wh, USER_INDEX_TABLE)
     item_index = io.read_table(spark, wh, ITEM_INDEX_TABLE)
     interactions = filter_min_activity(
-        aggregate_interactions(events, user_index, item_index, event_weights=conf.event_weights,
-                               rating_value_as_weight=conf.rating_value_as_weight),
+        interactions_from_pairs(pairs, user_index, item_index),
         min_user=conf.min_user_interactions,
         min_item=conf.min_item_interactions,
     )
     io.write_table(interactions, wh, INTERACTIONS)
-    io.write_table(build_users(events, user_index), wh, USERS)
-    io.write_table(build_items(events, item_index, read_item_metadata(spark, cfg.dataset.items)), wh, ITEMS)
-    events.unpersist()
+    io.write_table(build_users(pairs, user_index), wh, USERS)
+    io.write_table(build_items(pairs, item_index, read_item_metadata(spark, cfg.dataset.items)), wh, ITEMS)
+    pairs.unpersist()
 
     written, items = io.read_table(spark, wh, INTERACTIONS), io.read_table(spark, wh, ITEMS)
     return {

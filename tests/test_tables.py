@@ -62,6 +62,25 @@ def test_interaction_weights_sum_event_types_and_latest_rating(spark):
     assert {(r.user_index, r.item_index): r.weight for r in fixed.collect()}[(0, 1)] == 2.0  # 2 ratings x 1.0
 
 
+def test_users_and_items_from_pairs_count_what_the_events_hold(spark):
+    """users/items are built from per-pair rows: distinct items/users and counts must be those of the events."""
+    rows = [("u1", "i1", "view", 0, None), ("u1", "i1", "view", 1, None), ("u1", "i2", "purchase", 30, None),
+            ("u2", "i1", "rating", 3, 4.0), ("u2", "i1", "click", 90, None), ("u3", "i2", "view", 10, None)]
+    ev = events_df(spark, rows)
+    pairs = tables.pair_aggregates(ev, event_weights=WEIGHTS)
+    uidx = spark.createDataFrame([(u, k, T0.date()) for k, u in enumerate(("u1", "u2", "u3"))], USER_INDEX_TABLE.schema)
+    iidx = spark.createDataFrame([(i, k, T0.date()) for k, i in enumerate(("i1", "i2"))], ITEM_INDEX_TABLE.schema)
+    users = {r.user_id: r for r in tables.build_users(pairs, uidx).collect()}
+    assert (users["u1"].n_events, users["u1"].n_items, users["u1"].n_view, users["u1"].n_purchase) == (3, 2, 2, 1)
+    assert (users["u2"].n_events, users["u2"].n_items, users["u2"].n_rating, users["u2"].n_click) == (2, 1, 1, 1)
+    assert users["u2"].first_seen == T0 + dt.timedelta(minutes=3)
+    assert users["u2"].last_seen == T0 + dt.timedelta(minutes=90)
+    items = {r.item_id: r for r in tables.build_items(pairs, iidx).collect()}
+    assert (items["i1"].popularity, items["i1"].n_events) == (2, 4)  # u1 twice, u2 twice: two distinct users
+    assert (items["i2"].popularity, items["i2"].n_events) == (2, 2)
+    assert items["i1"].first_seen == T0 and items["i1"].last_seen == T0 + dt.timedelta(minutes=90)
+
+
 def test_min_activity_filter(spark):
     inter = spark.createDataFrame(
         [(0, 0), (0, 1), (0, 2), (1, 0), (2, 0), (2, 1)], ["user_index", "item_index"]

@@ -220,10 +220,12 @@ cmd_supervise_worker() {
     wpid=$!
     echo "$wpid" > "$(pid_file worker)"
     # `wait` returns early when a trapped signal arrives; wait again while the worker lives.
+    # (A signal that came before `wait` began does not interrupt it: hence the check first.)
     rc=0
     while :; do
-      wait "$wpid" && rc=0 || rc=$?
       [[ $stopping == 1 ]] && { say "stopping; the worker (pid $wpid) is left to \`cluster.sh stop\`"; exit 0; }
+      wait "$wpid" && rc=0 || rc=$?
+      [[ $stopping == 1 ]] && continue
       kill -0 "$wpid" 2>/dev/null || break
     done
     why="exit status $rc"

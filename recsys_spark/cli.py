@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from recsys_spark import watchdog
 from recsys_spark.config import Config, ConfigError, add_config_args, config_from_args
 from recsys_spark.errors import UserError
 
@@ -28,18 +29,27 @@ def job_main(main: Callable[..., Any]) -> Callable[..., Any]:
     exit status 1). On ``main`` itself, so every way a job runs gets the same
     status: spark-submit (``__main__``, also through ``session.run_job``), the
     one-driver pipeline, which calls ``main(argv)`` and records a ``SystemExit``'s
-    code, and tests.
+    code, and tests. An error after the job was cancelled for want of executors
+    (:mod:`recsys_spark.watchdog`) is raised as ``ExecutorsLostError`` with the watchdog's line.
     """
     job = Path(main.__code__.co_filename).stem
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> Any:
+        since = watchdog.mark()
         try:
             return main(argv)
         except USER_ERRORS as exc:
             print(f"{job}: {'config error: ' if isinstance(exc, ConfigError) else ''}{_one_line(exc)}",
                   file=sys.stderr)
             raise SystemExit(EXIT_USER_ERROR) from None
+        except Exception as exc:
+            # A job cancelled because the cluster lost its executors: the watchdog's one line,
+            # not the cancelled action's Java stack, is the failure's reason.
+            lost = watchdog.given_up_since(since)
+            if lost is not None:
+                raise watchdog.ExecutorsLostError(lost) from exc
+            raise
 
     return wrapper
 

@@ -157,6 +157,10 @@ class SparkConf:
     # hold in the Python driver; None: the memory the machine and the process's
     # cgroup/rlimit have available when the step starts (recsys_spark.memory).
     driver_python_memory: MemorySize | None = None
+    # On a spark:// master: a job that has had no executor for this many seconds
+    # (the cluster lost its workers and none came back) is cancelled, and its stage
+    # fails with one line naming the cause (recsys_spark.watchdog). 0: wait forever.
+    lost_executors_timeout_s: NonNegativeInt = 180
     extra: dict[str, Text] = field(default_factory=dict)
 
     @property

@@ -19,7 +19,8 @@ and the outcome are the ones below.
 Exit status (docs/operations.md, "Exit codes"):
 
 * 0 every stage succeeded and recommendations were published
-* 1 nothing was published (a required stage failed)
+* 1 nothing was published (a required stage failed, or the cluster lost every executor:
+  :mod:`recsys_spark.watchdog`)
 * 2 a usage or config error (a job said so with its own exit code 2); nothing published
 * 3 recommendations were published, but some model (or the evaluation) failed
 * 4 another run holds the warehouse's lock; nothing run
@@ -48,6 +49,7 @@ from typing import Any, TextIO
 
 from recsys_spark.models import registry
 from recsys_spark.session import exit_code_of
+from recsys_spark.watchdog import ExecutorsLostError
 
 EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4
 
@@ -218,6 +220,11 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
             trained += stage.models
             continue
         say(f"FAILED (exit {code}, {seconds} s): {reason or 'see the log'}; log: {log}")
+        if reason and ExecutorsLostError.__name__ in reason:
+            # The cluster has no executor left (recsys_spark.watchdog): every later stage would wait
+            # the same timeout and fail the same way. A rerun of the date resumes from this stage.
+            return finish(f"stage '{stage.name}' failed: the Spark application lost every executor, "
+                          "nothing published", EXIT_NOTHING_PUBLISHED)
         if stage.required:
             if code == EXIT_CONFIG:
                 return finish(f"config or usage error in stage '{stage.name}', nothing published", EXIT_CONFIG)

@@ -44,7 +44,35 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    _watch_executors(spark.sparkContext, cfg)
     return spark
+
+
+def _watch_executors(sc: SparkContext, cfg: Config) -> None:
+    """On a ``spark://`` master, end a job that has no executor for ``spark.lost_executors_timeout_s``
+    (:mod:`recsys_spark.watchdog`) instead of letting it wait forever; the reason says what to check."""
+    from recsys_spark import watchdog
+
+    if not sc.master.startswith("spark://"):
+        return  # local[N]: the executor is this driver
+    watchdog.watch(sc, cfg.spark.lost_executors_timeout_s, hint=_cluster_hint(sc.master, cfg))
+
+
+def _cluster_hint(master: str, cfg: Config) -> str:
+    """What to check when the executors are gone: the local cluster's status and worker log when
+    ``master`` is the cluster scripts/cluster.sh runs (submit.sh names its run dir), else the master's UI."""
+    from pathlib import Path
+
+    for run_dir in (os.environ.get("RECSYS_CLUSTER_RUN_DIR"), cfg.cluster.run_dir):
+        if not run_dir:
+            continue
+        try:
+            url = (Path(run_dir) / "master.url").read_text().strip()
+        except OSError:
+            continue
+        if url == master:
+            return f"check `scripts/cluster.sh status` and {Path(run_dir).resolve() / 'worker.log'}"
+    return f"check the workers of {master} (the master's web UI) and their logs"
 
 
 def _with_metastore(builder, cfg: Config):

@@ -4,6 +4,13 @@
 #   scripts/cluster.sh stop      stop the processes this script started
 #   scripts/cluster.sh status    what runs, the master URL; exit 1 when not running
 #
+# The worker runs under a supervisor (this script, `_supervise-worker`): when
+# the worker JVM dies without `stop` asking (killed, crashed), the supervisor
+# starts it again, so the master gives running applications new executors and
+# Spark reruns the lost tasks. At most CLUSTER_WORKER_MAX_RESTARTS (5) restarts
+# in CLUSTER_WORKER_RESTART_WINDOW (600) seconds, then it gives up; every
+# restart and the giving up are logged in <run_dir>/worker.log.
+#
 # Loopback only (RPC and web UIs) and RPC authentication on: every `start` of
 # the master writes a fresh random secret to <run_dir>/spark-auth.conf (mode
 # 0600). The daemons and scripts/submit.sh read it with --properties-file, so
@@ -21,6 +28,11 @@ py=.venv/bin/python
 [[ -x $py ]] || die "no .venv here; run scripts/setup.sh first"
 START_TIMEOUT=${CLUSTER_START_TIMEOUT:-90}   # seconds to wait for master + worker
 STOP_TIMEOUT=${CLUSTER_STOP_TIMEOUT:-30}     # seconds for a daemon to exit after SIGTERM
+MAX_RESTARTS=${CLUSTER_WORKER_MAX_RESTARTS:-5}        # worker restarts allowed...
+RESTART_WINDOW=${CLUSTER_WORKER_RESTART_WINDOW:-600}  # ...in this many seconds
+RESTART_DELAY=${CLUSTER_WORKER_RESTART_DELAY:-2}      # seconds between a worker's death and its restart
+[[ $MAX_RESTARTS =~ ^[0-9]+$ && $RESTART_WINDOW =~ ^[0-9]+$ && $RESTART_DELAY =~ ^[0-9]+$ ]] \
+  || die "CLUSTER_WORKER_MAX_RESTARTS, CLUSTER_WORKER_RESTART_WINDOW and CLUSTER_WORKER_RESTART_DELAY must be whole numbers"
 
 # --------------------------------------------------------------------------- config
 read -r -a overrides <<< "${RECSYS_SET:-}"
@@ -55,11 +67,15 @@ export SPARK_LOCAL_IP="$host"          # web UIs bind to SPARK_LOCAL_IP (else 0.
 export PYSPARK_PYTHON="${PYSPARK_PYTHON:-$PWD/$py}"
 
 # --------------------------------------------------------------------------- processes
-pid_file() { echo "$run_dir/$1.pid"; }
+# Roles: master, worker (java daemons) and supervisor (the bash loop that keeps the worker up).
+pid_file() { [[ $1 == supervisor ]] && echo "$run_dir/worker-supervisor.pid" || echo "$run_dir/$1.pid"; }
 class_of() { [[ $1 == master ]] && echo "$master_class" || echo "$worker_class"; }
+self=$PWD/scripts/cluster.sh
 
-# The pid from role's pid file when that pid is still the java daemon this
-# script started (same class, same auth file: a reused pid never matches).
+# The pid from role's pid file when that pid is still the process this script
+# started: for a daemon the java process of that class with this run dir's auth
+# file, for the supervisor this script's `_supervise-worker <run_dir>` (a reused
+# pid never matches).
 live_pid() {
   local f pid args
   f=$(pid_file "$1")
@@ -67,7 +83,11 @@ live_pid() {
   pid=$(<"$f")
   [[ $pid =~ ^[0-9]+$ ]] || return 1
   args=$(ps -ww -o args= -p "$pid" 2>/dev/null) || return 1
-  [[ ( $args == *java* || $args == *spark-class* ) && $args == *" $(class_of "$1") "* && $args == *"--properties-file $auth_conf"* ]] || return 1
+  if [[ $1 == supervisor ]]; then
+    [[ $args == *"$self _supervise-worker $run_dir" ]] || return 1
+  else
+    [[ ( $args == *java* || $args == *spark-class* ) && $args == *" $(class_of "$1") "* && $args == *"--properties-file $auth_conf"* ]] || return 1
+  fi
   echo "$pid"
 }
 
@@ -166,6 +186,72 @@ start_daemon() { # role args...: background, own session, logs and pid in run_di
   echo $! > "$(pid_file "$role")"
 }
 
+worker_args=(--host "$host" --webui-port "$worker_webui" --cores "$worker_cores" --memory "$worker_memory"
+             --work-dir "$run_dir/work" --properties-file "$auth_conf" "$master_url")
+
+# The supervisor: its own session (like the daemons), the worker JVM its child.
+start_supervised_worker() {
+  rm -f "$(pid_file worker)"
+  setsid nohup "$self" _supervise-worker "$run_dir" >> "$run_dir/worker.log" 2>&1 < /dev/null &
+  echo $! > "$(pid_file supervisor)"
+  local i
+  for ((i = 0; i < 100; i++)); do  # the supervisor writes worker.pid as it starts the worker
+    [[ -s $(pid_file worker) ]] && return 0
+    live_pid supervisor >/dev/null || break
+    sleep 0.1
+  done
+  [[ -s $(pid_file worker) ]]
+}
+
+say() { echo "==== $(date -u +%FT%TZ) supervisor (pid $$): $*"; }  # into worker.log
+
+# Start the worker and wait for it; when it dies while nobody asked (`stop`
+# ends this loop first, with SIGTERM, and then the worker), start it again
+# after RESTART_DELAY s, at most MAX_RESTARTS times in RESTART_WINDOW s.
+cmd_supervise_worker() {
+  local stopping=0 wpid rc why now restarts=() t recent
+  trap 'stopping=1' TERM INT
+  say "keeping the worker up (at most $MAX_RESTARTS restarts in ${RESTART_WINDOW}s)"
+  while :; do
+    echo "==== $(date -u +%FT%TZ) starting worker"
+    # Executor logs and app files go to work/; apps gone for 7 days are cleaned up.
+    SPARK_WORKER_OPTS="-Dspark.port.maxRetries=0 -Dspark.worker.cleanup.enabled=true ${SPARK_WORKER_OPTS:-}" \
+      "$PWD/.venv/bin/spark-class" "$worker_class" "${worker_args[@]}" < /dev/null &
+    wpid=$!
+    echo "$wpid" > "$(pid_file worker)"
+    # `wait` returns early when a trapped signal arrives; wait again while the worker lives.
+    # (A signal that came before `wait` began does not interrupt it: hence the check first.)
+    rc=0
+    while :; do
+      [[ $stopping == 1 ]] && { say "stopping; the worker (pid $wpid) is left to \`cluster.sh stop\`"; exit 0; }
+      wait "$wpid" && rc=0 || rc=$?
+      [[ $stopping == 1 ]] && continue
+      kill -0 "$wpid" 2>/dev/null || break
+    done
+    why="exit status $rc"
+    (( rc > 128 )) && why="killed by signal $((rc - 128))$( [[ $rc == 137 ]] && echo " (SIGKILL)")"
+    now=$(date +%s)
+    recent=()
+    for t in "${restarts[@]}"; do (( now - t < RESTART_WINDOW )) && recent+=("$t"); done
+    restarts=("${recent[@]}")
+    if ! live_pid master >/dev/null; then
+      say "the worker (pid $wpid) ended ($why) and the master is not running: not restarting it; \
+run scripts/cluster.sh stop, then start"
+      exit 1
+    fi
+    if (( ${#restarts[@]} >= MAX_RESTARTS )); then
+      say "the worker (pid $wpid) ended ($why) after ${#restarts[@]} restart(s) in the last \
+${RESTART_WINDOW}s: giving up; the worker stays down. Read this log; scripts/cluster.sh start starts it again"
+      exit 1
+    fi
+    restarts+=("$now")
+    say "the worker (pid $wpid) ended unexpectedly ($why); restarting it in ${RESTART_DELAY}s \
+(restart ${#restarts[@]} of at most $MAX_RESTARTS in ${RESTART_WINDOW}s)"
+    sleep "$RESTART_DELAY" & wait $! || true
+    [[ $stopping == 1 ]] && { say "stopping"; exit 0; }
+  done
+}
+
 write_secret() {
   # umask 077 and O_EXCL on a fresh file: never readable by others, not even briefly.
   $py - "$auth_conf" <<'PY'
@@ -185,7 +271,7 @@ PY
 
 # --------------------------------------------------------------------------- commands
 cmd_status() {
-  local mpid wpid rc=0
+  local mpid wpid spid rc=0
   if mpid=$(live_pid master); then
     echo "master: running (pid $mpid), $master_url, web UI http://$host:$master_webui"
   else
@@ -195,6 +281,11 @@ cmd_status() {
     echo "worker: running (pid $wpid), $worker_cores cores, $worker_memory, web UI http://$host:$worker_webui"
   else
     echo "worker: not running"; rc=1
+  fi
+  if spid=$(live_pid supervisor); then
+    echo "worker supervisor: running (pid $spid); restarts the worker when it dies (log: $run_dir/worker.log)"
+  else
+    echo "worker supervisor: not running (a worker that dies stays down; see $run_dir/worker.log)"
   fi
   if [[ $rc == 0 ]]; then
     echo "master URL: $(cat "$run_dir/master.url" 2>/dev/null || echo "$master_url")"
@@ -208,17 +299,20 @@ cmd_start() {
   umask 077
   mkdir -p "$run_dir" "$run_dir/work"
   chmod 700 "$run_dir"
-  local mpid wpid started_master=0
+  local mpid wpid spid started_master=0
   mpid=$(live_pid master) || mpid=""
   wpid=$(live_pid worker) || wpid=""
-  if [[ -n $mpid && -n $wpid ]]; then
+  spid=$(live_pid supervisor) || spid=""
+  if [[ -n $mpid && -n $wpid && -n $spid ]]; then
     echo "cluster already running"
     cmd_status
     return 0
   fi
+  # A worker without its supervisor (or the reverse: one between two tries), or
+  # without its master (or with a stale secret), is started again, supervised.
+  [[ -n $spid ]] && stop_role supervisor
+  [[ -n $wpid ]] && { stop_role worker; wpid=""; }
   if [[ -z $mpid ]]; then
-    # A worker without its master (or with a stale secret) is restarted with the new one.
-    [[ -n $wpid ]] && { stop_role worker; wpid=""; }
     rm -f "$(pid_file master)" "$run_dir/master.url"
     local port
     for port in "$master_port" "$master_webui" "$worker_webui"; do
@@ -242,14 +336,17 @@ pick free ports, e.g. RECSYS_SET=\"cluster.master_port=... cluster.master_webui_
   rm -f "$(pid_file worker)"
   local known_workers
   known_workers=$(START_TIMEOUT=5 wait_for ids 2>/dev/null | tail -n 1) || known_workers=""
-  # Executor logs and app files go to work/; apps gone for 7 days are cleaned up.
-  SPARK_WORKER_OPTS="-Dspark.port.maxRetries=0 -Dspark.worker.cleanup.enabled=true ${SPARK_WORKER_OPTS:-}" \
-    start_daemon worker --host "$host" --webui-port "$worker_webui" \
-    --cores "$worker_cores" --memory "$worker_memory" --work-dir "$run_dir/work" \
-    --properties-file "$auth_conf" "$master_url"
-  echo "worker starting (pid $(<"$(pid_file worker)")), waiting for it to register"
+  if ! start_supervised_worker; then
+    echo "cluster.sh: the worker's supervisor did not start the worker; $(log_hint worker)" >&2
+    stop_role supervisor >/dev/null
+    stop_role worker >/dev/null
+    [[ $started_master == 1 ]] && { stop_role master >/dev/null; rm -f "$auth_conf"; }
+    exit 1
+  fi
+  echo "worker starting (pid $(<"$(pid_file worker)"), supervisor pid $(<"$(pid_file supervisor)")), waiting for it to register"
   if ! wait_up worker; then
     echo "cluster.sh: worker did not register with the master; $(log_hint worker)" >&2
+    stop_role supervisor >/dev/null
     stop_role worker >/dev/null
     [[ $started_master == 1 ]] && { stop_role master >/dev/null; rm -f "$auth_conf"; }
     exit 1
@@ -261,7 +358,9 @@ pick free ports, e.g. RECSYS_SET=\"cluster.master_port=... cluster.master_webui_
 
 cmd_stop() {
   local any=0
-  [[ -f $(pid_file worker) || -f $(pid_file master) ]] && any=1
+  [[ -f $(pid_file worker) || -f $(pid_file master) || -f $(pid_file supervisor) ]] && any=1
+  # The supervisor first: it must not restart the worker that is stopped next.
+  stop_role supervisor
   stop_role worker
   stop_leftover_executors
   stop_role master
@@ -274,5 +373,8 @@ case "${1:-}" in
   start) cmd_start ;;
   stop) cmd_stop ;;
   status) cmd_status ;;
+  _supervise-worker)  # started by `start`, not by hand; the run dir names it for live_pid
+    [[ ${2:-} == "$run_dir" ]] || die "_supervise-worker is started by 'start' (for run dir $run_dir)"
+    cmd_supervise_worker ;;
   *) echo "usage: scripts/cluster.sh start|stop|status" >&2; exit 2 ;;
 esac

@@ -19,7 +19,7 @@
 #
 # Exit status (docs/operations.md, "Exit codes"):
 #   0  every stage succeeded and recommendations were published
-#   1  nothing was published (a required stage failed)
+#   1  nothing was published (a required stage failed, or the cluster lost every executor)
 #   2  a usage or config error (a job said so with its own exit code 2); nothing published
 #   3  recommendations were published, but some model (or the evaluation) failed
 #   4  another run holds the warehouse's lock (<warehouse>/_run.lock); nothing run

@@ -51,6 +51,8 @@ fi
 if [[ -n "$local_url" && "$master" == "$local_url" && -z "$props" ]]; then
   props="$run_dir/spark-auth.conf"
 fi
+# The driver names this run dir's worker.log when its executors are lost (recsys_spark.watchdog).
+[[ -n "$local_url" && "$master" == "$local_url" ]] && export RECSYS_CLUSTER_RUN_DIR="$run_dir"
 master="${master:-local[2]}"
 conf_args=()
 [[ -n "$props" ]] && conf_args+=(--properties-file "$props")

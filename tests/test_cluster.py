@@ -171,7 +171,7 @@ def cluster(tmp_path):
             proc.kill()
             proc.communicate()
     sh("stop")
-    for role in ("worker", "master"):
+    for role in ("worker-supervisor", "worker", "master"):  # the supervisor first: it restarts the worker
         pid_file = run_dir / f"{role}.pid"
         if pid_file.exists():
             pid = int(pid_file.read_text().strip() or 0)
@@ -180,7 +180,7 @@ def cluster(tmp_path):
 
 
 def _pids(run_dir: Path) -> dict[str, int]:
-    return {role: int((run_dir / f"{role}.pid").read_text()) for role in ("master", "worker")}
+    return {role: int((run_dir / f"{role}.pid").read_text()) for role in ("master", "worker", "worker-supervisor")}
 
 
 def _props(path: Path) -> dict[str, str]:
@@ -234,6 +234,7 @@ def test_cluster_start_submit_auth_stop(cluster, tmp_path):
         pids = _pids(run_dir)
         assert "deploy.master.Master" in _cmdline(pids["master"])
         assert "deploy.worker.Worker" in _cmdline(pids["worker"])
+        assert f"cluster.sh _supervise-worker {run_dir}" in _cmdline(pids["worker-supervisor"])
         assert (run_dir / "master.url").read_text().strip() == cluster.url
 
         # `start` twice is harmless: same daemons, same secret.

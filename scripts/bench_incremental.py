@@ -14,6 +14,9 @@ the sizes:
    every night costs without the incremental clean).
 
 2 and 3 run back to back on the same machine: their ratio is the result.
+``--again`` skips 1 and reuses the last run's warehouse: 2 is then the last
+day cleaned again (``--backfill`` of that day: the same files read, the same
+event date rewritten) and 3 a new full clean.
 A sampler (scripts/bench_scale.py's) records the driver's and executors' peak
 memory per stage.
 
@@ -65,29 +68,9 @@ def clean_report(wh: Path) -> dict:
     return {k: report.get(k) for k in keep}
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=10_000_000)
-    parser.add_argument("--users", type=int, default=300_000)
-    parser.add_argument("--items", type=int, default=20_000)
-    parser.add_argument("--days", type=int, default=60)
-    parser.add_argument("--work", default=str(REPO / "run" / "bench-incremental"))
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
-    parser.add_argument("--keep-log", action="store_true", help="reuse the log of an earlier run of these sizes")
-    args = parser.parse_args()
-
+def first_nights(args, log: Path, argv) -> tuple[list[dict], list[str]]:
+    """The log (written unless --keep-log finds it), the history night and the incremental night."""
     work = Path(args.work)
-    log = work / f"log-{args.events}-{args.users}-{args.items}-{args.days}"
-    sizes = [f"synthetic.num_events={args.events}", f"synthetic.num_users={args.users}",
-             f"synthetic.num_items={args.items}", f"synthetic.days={args.days}"]
-
-    def argv(source: Path, wh: Path, run_date: str) -> list[str]:
-        out = ["--dataset", "synthetic", "--warehouse", str(wh), "--set", f"dataset.source.path={source}",
-               "--set", f"run_date={run_date}"]
-        for s in sizes:
-            out += ["--set", s]
-        return out
-
     if not (args.keep_log and (log / "_manifest.json").exists()):
         shutil.rmtree(log, ignore_errors=True)
         gen = pipeline("generate", argv(log, work / "gen-wh", "2026-12-01"), work / "logs-generate",
@@ -107,13 +90,52 @@ def main() -> int:
     runs.append(pipeline("incremental", argv(source, work / "wh-nightly", days[-1][5:]), work / "logs-incremental",
                          stages))
     runs[-1]["clean"] = clean_report(work / "wh-nightly")
+    return runs, days
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=10_000_000)
+    parser.add_argument("--users", type=int, default=300_000)
+    parser.add_argument("--items", type=int, default=20_000)
+    parser.add_argument("--days", type=int, default=60)
+    parser.add_argument("--work", default=str(REPO / "run" / "bench-incremental"))
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results"))
+    parser.add_argument("--keep-log", action="store_true", help="reuse the log of an earlier run of these sizes")
+    parser.add_argument("--again", action="store_true",
+                        help="reuse the last run's log and nightly warehouse: back-fill the last day, clean all again")
+    args = parser.parse_args()
+
+    work = Path(args.work)
+    log = work / f"log-{args.events}-{args.users}-{args.items}-{args.days}"
+    sizes = [f"synthetic.num_events={args.events}", f"synthetic.num_users={args.users}",
+             f"synthetic.num_items={args.items}", f"synthetic.days={args.days}"]
+
+    def argv(source: Path, wh: Path, run_date: str) -> list[str]:
+        out = ["--dataset", "synthetic", "--warehouse", str(wh), "--set", f"dataset.source.path={source}",
+               "--set", f"run_date={run_date}"]
+        for s in sizes:
+            out += ["--set", s]
+        return out
+
+    if args.again:
+        days = sorted(p.name for p in log.iterdir() if p.name.startswith("date="))
+        source, stages = work / "source", {"RECSYS_STAGES": "clean_events build_tables"}
+        shutil.rmtree(work / "wh-full", ignore_errors=True)
+        last = days[-1][5:]
+        runs = [pipeline("incremental", argv(source, work / "wh-nightly", last) + ["--force", "--backfill", last, last],
+                         work / "logs-incremental", stages)]
+        runs[-1]["clean"] = clean_report(work / "wh-nightly")
+    else:
+        runs, days = first_nights(args, log, argv)
+        source, stages = work / "source", {"RECSYS_STAGES": "clean_events build_tables"}
     runs.append(pipeline("full", argv(source, work / "wh-full", days[-1][5:]), work / "logs-full", stages))
     runs[-1]["clean"] = clean_report(work / "wh-full")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"args": vars(args), "days": len(days), "runs": runs}
-    (out / "incremental.json").write_text(json.dumps(result, indent=2))
+    (out / ("incremental-again.json" if args.again else "incremental.json")).write_text(json.dumps(result, indent=2))
     print(f"\n{args.events:,} events over {len(days)} days; the last day added to {len(days) - 1} days of history\n")
     print("| run | stage | seconds | driver MiB | executor MiB | rows read |")
     print("|---|---|---|---|---|---|")
@@ -121,7 +143,7 @@ def main() -> int:
         for s in r["stages"]:
             rows = r["clean"]["input_rows"] if s["stage"] == "clean_events" else ""
             print(f"| {r['run']} | {s['stage']} | {s['seconds']} | {s['driver']} | {s['executor']} | {rows} |")
-    inc, full = (sum(s["seconds"] for s in r["stages"]) for r in runs[1:])
+    inc, full = (sum(s["seconds"] for s in r["stages"]) for r in runs[-2:])
     print(f"\nincremental day {inc:.0f} s vs full recompute {full:.0f} s: {full / inc:.1f}x faster")
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1
 

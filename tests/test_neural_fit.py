@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -43,6 +44,20 @@ def in_process_training(monkeypatch):
     monkeypatch.setattr(distributed, "run", run)
     yield
     torch.set_num_threads(threads)  # _worker sets the process's torch threads
+
+
+@pytest.fixture(scope="module")
+def planted_template(spark, tmp_path_factory):
+    """The planted warehouse, written once; each job test trains in its own copy."""
+    wh = str(tmp_path_factory.mktemp("planted") / "wh")
+    _write_planted_warehouse(spark, wh)
+    return wh
+
+
+def _planted_copy(template, tmp_path) -> str:
+    wh = str(tmp_path / "wh")
+    shutil.copytree(template, wh)
+    return wh
 
 
 def _split_rows(spark, train, held):
@@ -99,13 +114,12 @@ def test_fit_resumes_a_crashed_run_of_the_same_data_and_not_one_of_other_data(sp
 
 
 def test_the_job_rerun_after_a_crash_resumes_from_the_last_checkpoint(spark, tmp_path, in_process_training,
-                                                                        monkeypatch):
+                                                                        monkeypatch, planted_template):
     """Through jobs/train_neural.py, as the nightly run's rerun of a failed stage does: the
     training process dies in epoch 2; the rerun goes on from epoch 1's checkpoint."""
     from recsys_spark.models import registry
 
-    wh = str(tmp_path / "wh")
-    _write_planted_warehouse(spark, wh)
+    wh = _planted_copy(planted_template, tmp_path)
     sets = ["neural.num_processes=1", "neural.epochs=3", "neural.patience=10", "neural.batch_size=64",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
             f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]
@@ -152,12 +166,12 @@ def test_data_fingerprint_sees_weights_pairs_and_times_not_row_order(spark):
 NEUMF_PARAMS = "neural.models={neumf: {embedding_dim: 4, mlp_layers: [8, 4]}}"
 
 
-def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, tmp_path, in_process_training):
+def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, tmp_path, in_process_training,
+                                                                        planted_template):
     from recsys_spark.models import artifacts, fitted, registry
     from recsys_spark.serve import select
 
-    wh = str(tmp_path / "wh")
-    _write_planted_warehouse(spark, wh)
+    wh = _planted_copy(planted_template, tmp_path)
     sets = ["neural.num_processes=1", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
             f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import math
 import os
 import signal
@@ -367,7 +368,7 @@ def _train_two_gloo_processes(spark, tmp_path, train, held, run, model_class=Tin
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_two_gloo_processes_learn_the_planted_structure_reproducibly(spark, tmp_path):
+def test_two_gloo_processes_learn_the_planted_structure(spark, tmp_path):
     train, held = planted()
     result = _train_two_gloo_processes(spark, tmp_path, train, held, run=1)
 
@@ -385,12 +386,9 @@ def test_two_gloo_processes_learn_the_planted_structure_reproducibly(spark, tmp_
     assert sum(h["samples_per_s"] * h["seconds"] for h in result["history"][:1]) == pytest.approx(
         len(train), rel=0.35)
 
-    # Seeded and reproducible end to end: the same rows, arriving in another order,
-    # train the same weights through Spark, Petastorm, two processes and DDP.
-    again = _train_two_gloo_processes(spark, tmp_path, list(reversed(train)), held, run=2)
-    assert [h["loss"] for h in again["history"]] == [h["loss"] for h in result["history"]]
-    first, second = (loop.state_dict_from_bytes(r["state_dict"]) for r in (result, again))
-    assert all(torch.equal(first[k], second[k]) for k in first)
+    # Reproducible end to end (the same rows, arriving in another order, train the same weights
+    # through Spark, Petastorm, two processes and DDP): test_train_neural_job_end_to_end_submitted_on_a_local_master
+    # refits the job's model alone from its rows in another order and partitioning, and compares the bits.
 
 
 class AbortingMF(TinyMF):
@@ -512,21 +510,47 @@ def planted_warehouse(spark, tmp_path_factory):
 
 @pytest.mark.spark
 @pytest.mark.slow
-def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
-    """jobs/train_neural.py on the planted warehouse: factor tables, metadata, eval recs."""
+def test_train_neural_job_end_to_end_submitted_on_a_local_master(spark, planted_warehouse, tmp_path):
+    """jobs/train_neural.py on the planted warehouse through scripts/submit.sh with SPARK_MASTER=local[2]:
+    it ends, with status 0 and its report; factor tables, metadata, eval recs; its fused refit is
+    the refit launched alone, to the bit.
+
+    One spark-submit for both what the job writes and that it exits: the barrier stage runs in
+    the driver's JVM on a local master and leaves a non-daemon thread behind; the job printed
+    its report and then never exited. The timeout bounds a hang; it says nothing about speed.
+    (The job's main() in a running session, as the nightly run calls it: tests/test_neural_fit.py.)
+    """
     from recsys_spark import io
     from recsys_spark.evaluate import folds
     from recsys_spark.models import artifacts
     from recsys_spark.schemas import EVAL_RECS, ITEM_FACTORS, USER_FACTORS
+    from tests.conftest import REPO
 
     wh = planted_warehouse
     sets = ["neural.epochs=3", "neural.batch_size=64", "neural.learning_rate=0.01", "evaluation.ks=[5]",
             "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
             f"neural.checkpoint_dir={tmp_path / 'ck'}",
             "neural.models={two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}"]
-    report = load_job("train_neural").main(["--model", "two_tower", "--warehouse", wh,
-                                            *[a for s in sets for a in ("--set", s)]])
+    env = {**os.environ, "SPARK_MASTER": "local[2]", "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
+    env.pop("PYSPARK_GATEWAY_PORT", None)
+    env.pop("PYSPARK_GATEWAY_SECRET", None)
+    argv = [str(REPO / "scripts" / "submit.sh"), "jobs/train_neural.py", "--model", "two_tower", "--warehouse", wh,
+            "--set", "spark.shuffle_partitions=2", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # submit.sh ends spark-submit's process group on SIGTERM
+        out, _ = proc.communicate()
+        pytest.fail(f"train_neural did not exit within 600 s; its output ends:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-5000:]
+    assert "== train_neural" in out and '"model": "two_tower"' in out, out[-5000:]
+    report_text = out.split("== train_neural\n", 1)[1]
+    report, _ = json.JSONDecoder().raw_decode(report_text[report_text.index("{"):])
+    assert report["model"] == "two_tower" and report["processes"] == 2, report
+
     meta = artifacts.load_metadata(spark, wh, "two_tower")
+    assert meta["model"] == "two_tower" and meta["refit"] is True
     assert meta["kind"] == artifacts.KIND_DOT_PRODUCT and meta["item_features"] == ["genres", "year"]
     assert 1 <= meta["best_epoch"] <= 3 and "ndcg_at_5" in meta["metrics"]["validation"]
     # The trainer's own validation number is the evaluation library's (same model, users, definition).
@@ -542,14 +566,18 @@ def test_train_neural_job_end_to_end(spark, planted_warehouse, tmp_path):
     # The job refits in the selection's launch of the processes; a refit launched alone for
     # the same epochs must give the same model, to the bit. Two-tower's loss reads the
     # training counts (log-q), which differ between train and train + validation.
+    # The alone refit reads the rows in another order and partitioning (as after a shuffle):
+    # seeded and reproducible end to end, through Spark, Petastorm, two processes and DDP.
+    from pyspark.sql import functions as SF
+
     from recsys_spark.config import load_config
     from recsys_spark.schemas import SPLIT
     from recsys_spark.train import neural
 
     cfg = load_config(overrides=[f"warehouse={wh}", *sets])
     sizes = dict(n_users=N_USERS, n_items=N_ITEMS, features=neural.item_features(spark, wh, N_ITEMS))
-    alone = neural.fit(spark, cfg, io.read_table(spark, wh, SPLIT), "two_tower", final=True,
-                       epochs=meta["best_epoch"], **sizes)
+    reordered = io.read_table(spark, wh, SPLIT).orderBy(SF.rand(seed=5)).repartition(3)
+    alone = neural.fit(spark, cfg, reordered, "two_tower", final=True, epochs=meta["best_epoch"], **sizes)
     neural.clear_checkpoints(cfg, "two_tower")
     assert alone.epochs_run == meta["epochs"] == meta["best_epoch"]
     saved = items.orderBy("item_index").toPandas()
@@ -634,43 +662,6 @@ def test_sweep_script_selects_refits_and_scores_test_like_the_job(spark):
     popularity = local_metrics.evaluate(lambda r: pop.expand(len(test.users[r]), -1), len(test.users), test.seen,
                                         test.relevant, metric="ndcg_at_5")
     assert result["test"] > popularity + 0.1, (result, popularity)
-
-
-@pytest.mark.spark
-@pytest.mark.slow
-def test_submitted_train_neural_exits_on_a_local_master(spark, tmp_path):
-    """scripts/submit.sh jobs/train_neural.py with SPARK_MASTER=local[2] ends, with status 0 and its report.
-
-    The barrier stage runs in the driver's JVM there and leaves a non-daemon
-    thread behind; the job printed its report and then never exited. The
-    timeout bounds a hang; it says nothing about speed.
-    """
-    from recsys_spark.models import artifacts
-    from tests.conftest import REPO
-
-    wh = str(tmp_path / "wh")
-    _write_planted_warehouse(spark, wh)
-    env = {**os.environ, "SPARK_MASTER": "local[2]", "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
-    env.pop("PYSPARK_GATEWAY_PORT", None)
-    env.pop("PYSPARK_GATEWAY_SECRET", None)
-    argv = [
-        str(REPO / "scripts" / "submit.sh"), "jobs/train_neural.py", "--model", "two_tower", "--warehouse", wh,
-        "--set", "neural.epochs=2", "--set", "neural.batch_size=128", "--set", "neural.refit=false",
-        "--set", "evaluation.ks=[5]", "--set", "evaluation.primary_metric=ndcg_at_5",
-        "--set", "spark.shuffle_partitions=2",
-        "--set", f"neural.cache_dir={tmp_path / 'cache'}", "--set", f"neural.checkpoint_dir={tmp_path / 'ck'}",
-        "--set", "neural.models={two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}",
-    ]
-    proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        out, _ = proc.communicate(timeout=600)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # submit.sh ends spark-submit's process group on SIGTERM
-        out, _ = proc.communicate()
-        pytest.fail(f"train_neural did not exit within 600 s; its output ends:\n{out[-3000:]}")
-    assert proc.returncode == 0, out[-5000:]
-    assert "== train_neural" in out and '"model": "two_tower"' in out, out[-5000:]
-    assert artifacts.load_metadata(spark, wh, "two_tower")["model"] == "two_tower"
 
 
 def test_run_job_exit_status_is_what_python_would_have_given():

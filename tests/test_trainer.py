@@ -19,7 +19,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.conftest import load_job
 from recsys_spark.models.base import RecModel
 from recsys_spark.train import checkpoint, local_metrics, loop
 from recsys_spark.train.local_metrics import UserItems, ValidationSet

@@ -293,6 +293,17 @@ def published_wh(base_wh, tmp_path_factory):
     return wh
 
 
+def publish_with(spark, wh, model):
+    """Publish DAY1 served by ``model``: its rows (each model-served user gets N), the raw
+    interactions and the item index, for checking scores against the model's own."""
+    load_job("recommend").main(job_args(wh, DAY1, f"recommend.model={model}"))
+    recs = read_run(wh, DAY1)
+    served = recs[recs.source == "model"]
+    assert set(served.model) == {model} and (served.groupby("user_id").size() == N).all()
+    items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().set_index("item_id").item_index
+    return served, interactions_raw(spark, wh), items
+
+
 def copy_wh(src, tmp_path):
     dst = str(tmp_path / "wh")
     shutil.copytree(src, dst)
@@ -620,12 +631,7 @@ def test_ease_is_served_from_its_shipped_item_item_file(spark, base_wh, tmp_path
     assert b.shape == (n_items, n_items) and b.dtype == np.float32 and not np.diag(b).any()
     assert not Path(io.model_dir(wh, "ease"), "item_factors").exists()
 
-    load_job("recommend").main(job_args(wh, DAY1, "recommend.model=ease"))
-    recs = read_run(wh, DAY1)
-    served = recs[recs.source == "model"]
-    assert set(served.model) == {"ease"} and (served.groupby("user_id").size() == N).all()
-    seen = interactions_raw(spark, wh)
-    items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().set_index("item_id").item_index
+    served, seen, items = publish_with(spark, wh, "ease")
     for user in served.user_id.unique()[:5]:
         history = np.array(sorted(items[seen[seen.user_id == user].item_id]))
         scores = b[history].sum(axis=0)
@@ -682,12 +688,7 @@ def test_a_family_is_one_registration_planned_trained_evaluated_and_served(spark
     assert [r["model"] for r in evaluated["results"]] == ["item_order"]
     assert Path(io.metrics_path(wh, DAY1, "item_order.json")).exists()
 
-    load_job("recommend").main(job_args(wh, DAY1, "recommend.model=item_order"))
-    served = read_run(wh, DAY1)
-    served = served[served.source == "model"]
-    assert set(served.model) == {"item_order"} and (served.groupby("user_id").size() == N).all()
-    seen = interactions_raw(spark, wh)
-    items = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().set_index("item_id").item_index
+    served, seen, items = publish_with(spark, wh, "item_order")
     for user in served.user_id.unique()[:5]:
         unseen = sorted(set(range(n_items)) - set(items[seen[seen.user_id == user].item_id]), reverse=True)
         assert items[served[served.user_id == user].item_id].tolist() == unseen[:N]

@@ -368,15 +368,16 @@ def flag_bot_users(df: DataFrame, bots: DataFrame, *, user_col: str = USER_ID) -
     return df.join(flagged, user_col, "left").withColumn(IS_BOT, F.coalesce(F.col(IS_BOT), F.lit(False)))
 
 
+# events_clean's columns and the validated rows' names for them: one map, read both ways
+# (to_events_clean writes clean rows, as_validated reads them back to dedupe against).
+CLEAN_FROM_PARSED = ((EVENT_ID, P_EVENT_ID), (USER_ID, USER_ID), (ITEM_ID, ITEM_ID), (EVENT_TYPE, P_TYPE),
+                     (EVENT_TIME, P_TIME), (VALUE, P_VALUE))
+
+
 def to_events_clean(df: DataFrame) -> DataFrame:
     """Valid rows (parsed columns) in the ``events_clean`` layout."""
     return df.select(
-        F.col(P_EVENT_ID).alias(EVENT_ID),
-        F.col(USER_ID),
-        F.col(ITEM_ID),
-        F.col(P_TYPE).alias(EVENT_TYPE),
-        F.col(P_TIME).alias(EVENT_TIME),
-        F.col(P_VALUE).alias(VALUE),
+        *[F.col(parsed).alias(clean) for clean, parsed in CLEAN_FROM_PARSED],
         F.nullif(F.trim(F.col(SESSION_ID)), F.lit("")).alias(SESSION_ID),
         F.col(SOURCE_FILE),
         F.to_date(F.col(P_TIME)).alias(EVENT_DATE),
@@ -510,12 +511,7 @@ def as_validated(events_clean: DataFrame) -> DataFrame:
     """``events_clean`` rows under the parsed-column names of :func:`validate_events`' output,
     so that this run's rows can be deduplicated against them."""
     return events_clean.select(
-        F.col(EVENT_ID).alias(P_EVENT_ID),
-        F.col(USER_ID),
-        F.col(ITEM_ID),
-        F.col(EVENT_TYPE).alias(P_TYPE),
-        F.col(EVENT_TIME).alias(P_TIME),
-        F.col(VALUE).alias(P_VALUE),
+        *[F.col(clean).alias(parsed) for clean, parsed in CLEAN_FROM_PARSED],
         F.col(SESSION_ID),
         F.col(SOURCE_FILE),
     )

@@ -354,6 +354,16 @@ class AlsConf:
 
 
 @dataclass(config=_SECTION)
+class MarkovConf:
+    # Next items kept per source item (the most frequent): bounds the model at items x this.
+    max_next_items: Count = 200
+    # Popularity's pseudo-count in each source's transition counts: score =
+    # (count(i->j) + backoff x popularity share(j)) / (count(i) + backoff). Small: popularity
+    # breaks ties and ranks what follows a last item with no transitions.
+    backoff: Positive = 1.0
+
+
+@dataclass(config=_SECTION)
 class NeuralConf:
     """The Petastorm-fed DDP trainer (jobs/train_neural.py)."""
 
@@ -427,6 +437,7 @@ class Config:
     popularity: PopularityConf = field(default_factory=PopularityConf)
     ease: EaseConf = field(default_factory=EaseConf)
     als: AlsConf = field(default_factory=AlsConf)
+    markov: MarkovConf = field(default_factory=MarkovConf)
     neural: NeuralConf = field(default_factory=NeuralConf)
     recommend: RecommendConf = field(default_factory=RecommendConf)
     catalog: CatalogConf = field(default_factory=CatalogConf)

@@ -8,8 +8,14 @@ Three protocols:
   after a cutoff reaches training (a pair's later clicks do not raise its
   training weight). The production-faithful protocol.
 * ``leave_last_n`` — per user, the last ``n`` interactions are test and the
-  ``n`` before them validation. Per-user time order only: one user's test can
-  precede another's train (the usual caveat of this protocol).
+  ``n`` before them validation; users with at most ``2n`` interactions stay in
+  train and are not evaluated. Per-user time order only: one user's test can
+  precede another's train (the usual caveat of this protocol). Time is a
+  pair's ``last_time``; ties are broken by ``item_index`` (the higher index is
+  the later), the order of :func:`recsys_spark.tables.user_histories`, so the
+  held-out items are the last of each user's history and a model that reads
+  the last item sees the one just before them. With ``n = 1`` this is the
+  sequential protocol (leave-last-one-out).
 * ``random`` — seeded per-user stratified split (default 75/25) on
   ``interactions``, as Microsoft Recommenders' ml-100k table, so numbers
   can be compared with theirs.
@@ -106,8 +112,11 @@ def temporal_split(
 def leave_last_n_split(interactions: DataFrame, *, n: int) -> tuple[DataFrame, dict]:
     """Per user: last ``n`` interactions (by last event time) test, the ``n`` before validation.
 
-    Users with at most ``2n`` interactions stay entirely in train: holding out
-    their little history would leave nothing to learn from.
+    Ties in time are broken by ``item_index``, the higher one later (the order
+    of :func:`recsys_spark.tables.user_histories`): the split is the same
+    whatever the rows' order or partitioning. Users with at most ``2n``
+    interactions stay entirely in train: holding out their little history
+    would leave nothing to learn from, so they are not evaluated.
     """
     w = Window.partitionBy(USER_INDEX).orderBy(F.col(LAST_TIME).desc(), F.col(ITEM_INDEX).desc())
     ranked = interactions.withColumn("_rn", F.row_number().over(w)).withColumn(

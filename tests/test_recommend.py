@@ -645,6 +645,32 @@ def test_ease_is_served_from_its_shipped_item_item_file(spark, base_wh, tmp_path
                 assert b[items[why], items[rec_item]] > 0
 
 
+@pytest.mark.spark
+def test_markov_is_served_from_the_last_item_of_each_whole_history(spark, base_wh, tmp_path):
+    """The last_item kind end to end: train_baselines fits and saves transitions.npz, and the
+    published scores are the row of each user's last item (the latest interaction, ties to the
+    higher item index) plus the back-off, over the unseen items."""
+    from recsys_spark.models import artifacts
+
+    wh = copy_wh(base_wh, tmp_path)
+    load_job("train_baselines").main(["--warehouse", wh, "--set", f"run_date={DAY1}", "--models", "markov"])
+    with np.load(artifacts.transitions_path(wh, "markov")) as npz:
+        a = {key: npz[key] for key in npz.files}
+    served, seen, items = publish_with(spark, wh, "markov")
+    assert manifest(wh, DAY1)["model_kind"] == "last_item"
+    for user in served.user_id.unique()[:5]:
+        history = seen[seen.user_id == user].assign(item_index=lambda d: items[d.item_id].to_numpy())
+        history = history.sort_values(["last_time", "item_index"]).item_index.to_numpy()
+        last = history[-1]
+        scores = a["source_weight"][last] * a["backoff"].astype(np.float64)
+        row = slice(a["indptr"][last], a["indptr"][last + 1])
+        scores[a["indices"][row]] += a["values"][row]
+        scores[history] = -np.inf
+        mine = served[served.user_id == user]
+        np.testing.assert_allclose(mine.score.to_numpy(), np.sort(scores)[::-1][:N], rtol=1e-5)
+        assert mine.explanation.isna().all()  # no item embeddings, no item-item matrix
+
+
 # --------------------------------------------------------------------------- a family added by one registration
 
 

@@ -81,7 +81,7 @@ def test_a_rerun_skips_what_succeeded_and_runs_what_failed(night):
     assert ran(second) == ["train_als", "evaluate", "recommend"], second.stages
     assert second.exit_code == pipeline.EXIT_OK
     # The skipped stages' models are still this run's models.
-    assert dict(writer.calls)["recommend"][:2] == ["--models", "popularity,popularity_recent,ease,als,neumf"]
+    assert dict(writer.calls)["recommend"][:2] == ["--models", "popularity,popularity_recent,ease,als,markov,neumf"]
 
     third = run_night(night, Writer(night["cfg"]))
     assert ran(third) == [] and third.exit_code == pipeline.EXIT_OK

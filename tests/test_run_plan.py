@@ -37,16 +37,16 @@ def test_every_stage_runs_in_order_with_the_shared_arguments_last(tmp_path):
     status = run(tmp_path, rec, generate=True)
     assert [name for name, _ in rec.calls] == [
         "generate_events", "clean_events", "build_tables", "split", "train_popularity", "train_ease",
-        "train_als", "train_neural multvae", "train_neural neumf", "evaluate", "recommend"]
+        "train_als", "train_markov", "train_neural multvae", "train_neural neumf", "evaluate", "recommend"]
     argv = dict(rec.calls)
     assert argv["train_neural neumf"] == ["--model", "neumf", "--dataset", "synthetic"]
     assert argv["train_ease"] == ["--models", "ease", "--dataset", "synthetic"]
-    trained = "popularity,popularity_recent,ease,als,multvae,neumf"
+    trained = "popularity,popularity_recent,ease,als,markov,multvae,neumf"
     assert argv["evaluate"] == ["--models", trained, "--dataset", "synthetic"]
     assert argv["recommend"] == ["--models", trained, "--dataset", "synthetic"]
     assert status.exit_code == pipeline.EXIT_OK
     written = json.loads((tmp_path / "status.json").read_text())
-    assert written["exit_code"] == 0 and [s["status"] for s in written["stages"]] == ["ok"] * 11
+    assert written["exit_code"] == 0 and [s["status"] for s in written["stages"]] == ["ok"] * 12
 
 
 def test_a_backfill_goes_to_the_clean_stage_alone(tmp_path):
@@ -62,7 +62,7 @@ def test_a_failed_model_is_left_out_of_evaluation_and_serving_and_the_run_exits_
     rec = Recorder(fail={"train_ease": 1, "train_neural neumf": 1})
     status = run(tmp_path, rec)
     argv = dict(rec.calls)
-    assert argv["recommend"][:2] == ["--models", "popularity,popularity_recent,als,multvae"]
+    assert argv["recommend"][:2] == ["--models", "popularity,popularity_recent,als,markov,multvae"]
     assert status.exit_code == pipeline.EXIT_PARTIAL
     failed = {s.stage: s.reason for s in status.stages if s.status == "failed"}
     assert failed == {"train_ease": "exit 1: boom in train_ease", "train_neural neumf": "exit 1: boom in train_neural neumf"}

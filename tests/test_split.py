@@ -80,21 +80,48 @@ def test_random_split_is_stratified_and_reproducible(spark):
     assert a.count() == inter.count()
 
 
-def test_leave_last_n_holds_out_each_users_latest(spark):
-    inter = synthetic_interactions(spark)
+def tied_interactions(spark, n_users=40, n_items=30):
+    """Users with 1 to 8 items, three items to a timestamp: most held-out items tie with others."""
+    rows = [(u, (u * 11 + j * 7) % n_items, 1.0, T0 + dt.timedelta(hours=j // 3))
+            for u in range(n_users) for j in range(1 + u % 8)]
+    return spark.createDataFrame(rows, "user_index int, item_index int, weight float, last_time timestamp")
+
+
+def test_leave_last_one_out_properties_under_ties(spark):
+    """The sequential protocol: per user, train <= validation <= test in time; one test and one
+    validation item for users with 3+ interactions, none for the others; ties in time broken by
+    item_index (the higher one is later), so the split does not depend on the rows' order, and the
+    held-out items are the last of tables.user_histories (what a last-item model reads)."""
+    from recsys_spark import tables
+
+    inter = tied_interactions(spark)
     out, _ = split.leave_last_n_split(inter, n=1)
+    shuffled, _ = split.leave_last_n_split(inter.orderBy(F.rand(seed=9)).repartition(3), n=1)
     rows = out.collect()
+    assert sorted((r.user_index, r.item_index, r.fold) for r in rows) == sorted(
+        (r.user_index, r.item_index, r.fold) for r in shuffled.collect())
+
     by_user: dict = {}
     for r in rows:
-        by_user.setdefault(r.user_index, []).append(r)
-    for user, rs in by_user.items():
-        if len(rs) <= 2:
-            assert all(r.fold == "train" for r in rs)
+        by_user.setdefault(r.user_index, {}).setdefault(r.fold, []).append((r.last_time, r.item_index))
+    last_of = lambda rows: {r.user_index: list(r.seen)[-1] for r in tables.user_histories(rows).collect()}  # noqa: E731
+    last_all = last_of(inter)
+    last_train = last_of(split.training_rows(out, final=False))  # what validation users are scored from
+    last_final = last_of(split.training_rows(out, final=True))  # what test users are scored from
+    n_ties = 0
+    assert len(by_user) == 40
+    for user, folds in by_user.items():
+        n = sum(len(v) for v in folds.values())
+        if n < 3:
+            assert set(folds) == {"train"}, user
             continue
-        test = [r for r in rs if r.fold == "test"]
-        assert len(test) == 1 and len([r for r in rs if r.fold == "validation"]) == 1
-        assert test[0].last_time == max(r.last_time for r in rs)
-        assert max(r.last_time for r in rs if r.fold == "train") <= min(r.last_time for r in rs if r.fold != "train")
+        assert len(folds["test"]) == 1 and len(folds["validation"]) == 1, user
+        (val,), (test,) = folds["validation"], folds["test"]
+        assert max(folds["train"]) < val < test  # (time, item_index): the tie-break order
+        assert max(t for t, _ in folds["train"]) <= val[0] <= test[0]
+        assert test[1] == last_all[user] and val[1] == last_final[user] and max(folds["train"])[1] == last_train[user]
+        n_ties += test[0] == val[0]
+    assert n_ties > 5  # the rule was exercised
 
 
 def test_training_rows_final_adds_validation(spark):

@@ -34,8 +34,8 @@ def test_a_name_that_is_no_stage_of_the_run_is_refused_naming_it_and_the_stages(
         pipeline.selected(pipeline.plan(NEURAL), wanted)
     message = str(err.value)
     assert f"RECSYS_STAGES names no stage of this run: {unknown} " in message, message
-    assert "(its stages: clean_events build_tables split train_popularity train_ease train_als train_neural " \
-           "evaluate recommend)" in message, message
+    assert "(its stages: clean_events build_tables split train_popularity train_ease train_als train_markov " \
+           "train_neural evaluate recommend)" in message, message
 
 
 def test_a_selected_stage_that_fails_is_recorded_and_the_others_selected_still_run(tmp_path):

@@ -1,6 +1,7 @@
 """Model folders: ``<warehouse>/models/<name>/`` with ``metadata.json`` and, for
 dot-product models, ``user_factors`` / ``item_factors`` tables; for item-item
-models (EASE), ``item_item.npy``; for torch models, ``model.pt``.
+models (EASE), ``item_item.npy``; for last-item models (Markov), ``transitions.npz``;
+for torch models, ``model.pt``.
 
 ``metadata.json`` records what a reader needs to trust the vectors: the model
 name and kind, its hyperparameters, the resolved config, the schema version,
@@ -20,6 +21,7 @@ from recsys_spark.schemas import FACTORS, ITEM_FACTORS, SCHEMA_VERSION, USER_FAC
 KIND_DOT_PRODUCT = "dot_product"  # user_factors . item_factors
 KIND_ITEM_ITEM = "item_item"  # user history x item_item.npy (EASE's item-item matrix)
 KIND_TORCH = "torch"  # a neural model that needs a forward pass (state_dict + config)
+KIND_LAST_ITEM = "last_item"  # the user's last item's row of transitions.npz, plus a back-off (Markov)
 
 
 def metadata_path(warehouse: str, model: str) -> str:
@@ -95,6 +97,43 @@ def load_item_item(spark: SparkSession, warehouse: str, model: str, local_dir: s
     return local
 
 
+TRANSITIONS_FILE = "transitions.npz"  # a last_item-kind model's arrays (scoring.scorers.LastItemScorer)
+
+
+def transitions_path(warehouse: str, model: str) -> str:
+    return io.model_file(warehouse, model, TRANSITIONS_FILE)
+
+
+def save_transitions(spark: SparkSession, warehouse: str, model: str, arrays: dict[str, np.ndarray]) -> str:
+    """Write a last-item model's arrays (sparse next-item rows, back-off) as ``transitions.npz``.
+
+    A file, as ``item_item.npy``: the arrays are what the scorer broadcasts, read back whole.
+    """
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="recsys-transitions-") as tmp:
+        local = os.path.join(tmp, TRANSITIONS_FILE)
+        np.savez(local, **arrays)
+        io.copy_from_local(spark, local, transitions_path(warehouse, model))
+    return transitions_path(warehouse, model)
+
+
+def load_transitions(spark: SparkSession, warehouse: str, model: str) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_transitions` wrote."""
+    import os
+    import tempfile
+
+    src = transitions_path(warehouse, model)
+    if not io.path_exists(spark, src):
+        raise FileNotFoundError(f"model '{model}' has no {TRANSITIONS_FILE} at {src} (train it first)")
+    with tempfile.TemporaryDirectory(prefix="recsys-transitions-") as tmp:
+        local = os.path.join(tmp, TRANSITIONS_FILE)
+        io.copy_to_local(spark, src, local)
+        with np.load(local, allow_pickle=False) as npz:
+            return {key: npz[key] for key in npz.files}
+
+
 MODEL_FILE = "model.pt"  # a torch-kind model's state dict (torch.save), beside metadata.json
 
 
@@ -148,11 +187,13 @@ __all__ = [
     "KIND_DOT_PRODUCT",
     "KIND_ITEM_ITEM",
     "ITEM_ITEM_FILE",
+    "KIND_LAST_ITEM",
     "KIND_TORCH",
     "MODEL_FILE",
     "factors_frame",
     "item_item_path",
     "load_item_item",
+    "load_transitions",
     "load_metadata",
     "load_state_dict_bytes",
     "read_item_factors",
@@ -161,5 +202,8 @@ __all__ = [
     "save_item_item",
     "save_metadata",
     "save_state_dict",
+    "save_transitions",
     "state_dict_path",
+    "TRANSITIONS_FILE",
+    "transitions_path",
 ]

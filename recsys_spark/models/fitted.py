@@ -9,6 +9,8 @@ artifacts and its metadata. It is saved as ``<warehouse>/models/<name>/``
 * ``dot_product``: user and item factor tables (popularity as a rank-1 model,
   ALS, two-tower); users without a vector cannot be scored by it;
 * ``item_item``: ``item_item.npy`` (EASE's B); a user is scored from their history;
+* ``last_item``: ``transitions.npz`` (Markov's next-item rows and back-off); a user
+  is scored from the last item of their time-ordered history;
 * ``torch``: ``model.pt`` and the build arguments; a forward pass per batch
   of users (:class:`recsys_spark.scoring.torch_model.TorchModelScorer`).
 
@@ -29,9 +31,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark.models import artifacts
-from recsys_spark.models.artifacts import KIND_DOT_PRODUCT, KIND_ITEM_ITEM, KIND_TORCH
+from recsys_spark.models.artifacts import KIND_DOT_PRODUCT, KIND_ITEM_ITEM, KIND_LAST_ITEM, KIND_TORCH
 from recsys_spark.schemas import FACTORS, ITEM_INDEX, USER_INDEX
-from recsys_spark.scoring.scorers import DotProductScorer, ItemItemScorer, factor_matrix
+from recsys_spark.scoring.scorers import DotProductScorer, ItemItemScorer, LastItemScorer, factor_matrix
 
 
 @dataclass
@@ -40,7 +42,7 @@ class FittedModel:
 
     Attributes:
         name: the model's name (its folder under ``models/``).
-        kind: ``dot_product``, ``item_item`` or ``torch`` (see the module docstring).
+        kind: ``dot_product``, ``item_item``, ``last_item`` or ``torch`` (see the module docstring).
         scorer: a :class:`recsys_spark.scoring.blocked.BatchScorer` over the model's item columns.
         item_known: [model items] bool, the items the model has a vector for.
         params: the hyperparameters it was fitted with.
@@ -108,6 +110,8 @@ class FittedModel:
             artifacts.save_factors(warehouse, self.name, user_factors=users, item_factors=items)
         elif self.kind == KIND_ITEM_ITEM:
             artifacts.save_item_item(spark, warehouse, self.name, self.scorer.matrix.local_path)
+        elif self.kind == KIND_LAST_ITEM:
+            artifacts.save_transitions(spark, warehouse, self.name, self.scorer.arrays)
         else:
             artifacts.save_state_dict(spark, warehouse, self.name, self.state_dict)
         return artifacts.save_metadata(spark, warehouse, self.name, kind=self.kind, params=self.params,
@@ -161,6 +165,21 @@ def item_item(spark: SparkSession, name: str, *, matrix: np.ndarray | None = Non
                        min_history=1)
 
 
+def last_item(spark: SparkSession, name: str, *, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+              source_weight: np.ndarray, backoff: np.ndarray, params: dict | None = None,
+              metadata: dict | None = None) -> FittedModel:
+    """A model that scores a user from their last item: that item's row of a sparse
+    next-item matrix (CSR arrays) plus ``source_weight[last] x backoff`` (Markov).
+
+    It needs a last item to be a model at all (``min_history`` 1); a last item it
+    does not know gets ``backoff`` alone (:class:`LastItemScorer`).
+    """
+    scorer = LastItemScorer(spark, indptr=indptr, indices=indices, values=values, source_weight=source_weight,
+                            backoff=backoff)
+    return FittedModel(name, KIND_LAST_ITEM, scorer, np.ones(scorer.n_items, dtype=bool), dict(params or {}),
+                       min_history=1, metadata=dict(metadata or {}))
+
+
 def torch_model(spark: SparkSession, name: str, model_class, *, state_dict: bytes, build_kwargs: dict,
                 history_length: int, params: dict | None = None, metadata: dict | None = None) -> FittedModel:
     """A neural model scored by its own forward pass (models that are not a dot product)."""
@@ -200,6 +219,12 @@ def load(spark: SparkSession, warehouse: str, name: str, *, history_length: int 
         local = artifacts.load_item_item(spark, warehouse, name, tempfile.mkdtemp(prefix="recsys-serve-"))
         model = item_item(spark, name, local_path=local, params=params)  # hard-linked into the shipped file's folder
         os.remove(local)
+    elif kind == KIND_LAST_ITEM:
+        arrays = artifacts.load_transitions(spark, warehouse, name)
+        missing = [key for key in LastItemScorer.ARRAYS if key not in arrays]
+        if missing:
+            raise ValueError(f"model '{name}': {artifacts.TRANSITIONS_FILE} lacks {missing}: retrain it")
+        model = last_item(spark, name, **{key: arrays[key] for key in LastItemScorer.ARRAYS}, params=params)
     elif kind == KIND_TORCH:
         from recsys_spark.models import registry
 
@@ -224,4 +249,4 @@ def torch_build_kwargs(meta: dict) -> dict:
             "params": dict(meta.get("params") or {})}
 
 
-__all__ = ["FittedModel", "dot_product", "item_item", "load", "rank_one", "torch_build_kwargs", "torch_model"]
+__all__ = ["FittedModel", "dot_product", "item_item", "last_item", "load", "rank_one", "torch_build_kwargs", "torch_model"]

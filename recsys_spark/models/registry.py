@@ -172,3 +172,4 @@ register_family("popularity", "recsys_spark.models.baselines:fit_popularity_mode
                 models=("popularity", "popularity_recent"), required=True)
 register_family("ease", "recsys_spark.models.baselines:fit_ease_model")
 register_family("als", job="train_als")
+register_family("markov", "recsys_spark.models.markov:fit_markov_model")

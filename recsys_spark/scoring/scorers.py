@@ -1,5 +1,6 @@
 """The scorers of the models whose scores are a product: user vectors x item
-vectors (dot product), user history x item-item matrix (EASE), and the
+vectors (dot product), user history x item-item matrix (EASE), the user's
+last item's row of a sparse next-item matrix plus a back-off (Markov), and the
 wrapper that makes any scorer span today's catalog with excluded items at -inf.
 Each is a :class:`recsys_spark.scoring.blocked.BatchScorer`.
 """
@@ -155,6 +156,63 @@ class ItemItemScorer:
             warnings.simplefilter("ignore", UserWarning)
             history = torch.sparse_csr_tensor(crow, cols, torch.ones(len(cols)), size=(len(histories), known))
             return torch.sparse.mm(history, self._b)
+
+
+class LastItemScorer:
+    """score(j) = next[i, j] + source_weight[i] x backoff[j], i the user's last item.
+
+    The user's state is the last item of ``seen`` (a time-ordered history,
+    :func:`recsys_spark.tables.user_histories`): at evaluation the last training
+    item before the cutoff, at serving the last of the whole history. ``next`` is
+    a sparse [model items, model items] matrix in CSR arrays (``indptr``,
+    ``indices``, ``values``); a user without a last item the model knows (none,
+    or one indexed after training) gets ``backoff`` alone, so every model item
+    is ranked for everyone.
+    """
+
+    ARRAYS = ("indptr", "indices", "values", "source_weight", "backoff")
+
+    def __init__(self, spark, *, indptr: np.ndarray, indices: np.ndarray, values: np.ndarray,
+                 source_weight: np.ndarray, backoff: np.ndarray):
+        arrays = {
+            "indptr": np.ascontiguousarray(indptr, dtype=np.int64),
+            "indices": np.ascontiguousarray(indices, dtype=np.int64),
+            "values": np.ascontiguousarray(values, dtype=np.float32),
+            "source_weight": np.ascontiguousarray(source_weight, dtype=np.float32),
+            "backoff": np.ascontiguousarray(backoff, dtype=np.float32),
+        }
+        self.n_items = len(arrays["backoff"])
+        if not (len(arrays["indptr"]) == self.n_items + 1 == len(arrays["source_weight"]) + 1
+                and len(arrays["indices"]) == len(arrays["values"]) == arrays["indptr"][-1]):
+            raise ValueError(f"LastItemScorer: inconsistent arrays ({ {k: v.shape for k, v in arrays.items()} })")
+        require_broadcast(spark, "the next-item transitions", sum(a.nbytes for a in arrays.values()))
+        self._arrays = spark.sparkContext.broadcast(arrays)
+
+    @property
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The broadcast's driver-side arrays (what the model saves)."""
+        return self._arrays.value
+
+    def score(self, batch: pd.DataFrame):
+        import torch
+
+        a = self._arrays.value
+        last = np.fromiter((s[-1] if s is not None and len(s) else -1 for s in batch[SEEN]),
+                           dtype=np.int64, count=len(batch))
+        known = (last >= 0) & (last < self.n_items)
+        weight = np.ones(len(batch), dtype=np.float32)
+        weight[known] = a["source_weight"][last[known]]
+        scores = torch.outer(torch.from_numpy(weight), torch.from_numpy(a["backoff"]))
+        rows = np.flatnonzero(known)
+        starts, ends = a["indptr"][last[rows]], a["indptr"][last[rows] + 1]
+        lengths = ends - starts
+        if lengths.sum():
+            # Every kept transition of every row's source, in one indexed add.
+            offsets = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+            pos = np.repeat(starts, lengths) + offsets
+            r, c = torch.from_numpy(np.repeat(rows, lengths)), torch.from_numpy(a["indices"][pos])
+            scores[r, c] += torch.from_numpy(a["values"][pos])
+        return scores
 
 
 def factor_matrix(factors_rows: list, n: int, rank: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The nightly pipeline on an existing event log: clean -> tables -> split ->
-# popularity -> EASE, ALS, every registered neural model -> evaluate -> publish
+# popularity -> EASE, ALS, Markov, every registered neural model -> evaluate -> publish
 # recommendations (jobs/pipeline.py, recsys_spark/pipeline.py). Arguments go to every job, e.g.
 #
 #   scripts/pipeline.sh --dataset movielens-100k --warehouse warehouse/ml-100k --set split.protocol=random

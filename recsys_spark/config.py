@@ -390,7 +390,8 @@ class NeuralConf:
     # a model with one example per user sees far fewer examples per epoch than a
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
     per_model: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
+        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
+                                 "lightgcn": {"learning_rate": 0.005, "epochs": 60, "patience": 5}}
     )
 
 

@@ -155,12 +155,40 @@ def training_need(param_bytes: int, *, n_items: int, batch_size: int) -> int:
     return TRAINING_COPIES * param_bytes + 4 * block_rows * n_items
 
 
+# A graph model's sparse adjacency: per stored non-zero, two int64 indices (COO) and a float32 value;
+# an undirected edge is stored in both directions.
+GRAPH_BYTES_PER_EDGE = 2 * (2 * 8 + 4)
+
+
+def graph_training_bytes(*, n_edges: int, n_nodes: int, dim: int, layers: int) -> int:
+    """Bytes one training process of a graph model (LightGCN) holds beyond its parameters.
+
+    The normalised adjacency (``n_edges`` x :data:`GRAPH_BYTES_PER_EDGE`) plus
+    the layer embeddings, ``n_nodes x dim x (layers + 1)`` float32, twice (the
+    forward pass's layers and their gradients in the backward pass). Like the
+    parameters, it grows with the catalog and the users, not with the batch:
+    Spark's spilling cannot help it.
+    """
+    adjacency = n_edges * GRAPH_BYTES_PER_EDGE
+    layer_embeddings = 4 * n_nodes * dim * (layers + 1)
+    return adjacency + 2 * layer_embeddings
+
+
+def graph_collect_bytes(n_edges: int) -> int:
+    """Bytes the driver needs to collect a graph's training pairs as two int32 arrays: the
+    Arrow batches, the pandas frame and the arrays (about three copies of 8 bytes a pair)."""
+    return 3 * 8 * n_edges
+
+
 __all__ = [
+    "GRAPH_BYTES_PER_EDGE",
     "JVM_SHARE",
     "MemoryBudgetError",
     "PYTHON_SHARE",
     "TRAINING_COPIES",
     "format_size",
+    "graph_collect_bytes",
+    "graph_training_bytes",
     "jvm_driver_heap_bytes",
     "parameter_bytes",
     "parse_size",

@@ -33,6 +33,7 @@ TEST_PARAMS = {
     "neumf": {"embedding_dim": 2, "mlp_layers": [4, 2]},
     "two_tower": {"embedding_dim": 4, "tower_layers": [], "output_dim": 2, "temperature": 0.1},
     "multvae": {"hidden_dims": [32], "latent_dim": 8, "dropout": 0.2, "total_anneal_steps": 100},
+    "lightgcn": {"embedding_dim": 4},
 }
 MODELS = registry.names()
 DOT_MODELS = [n for n in MODELS if registry.get(n).dot_product]
@@ -111,11 +112,17 @@ def context(step: int = 0, total_steps: int = STEPS) -> TrainContext:
     )
 
 
+# The training graph, for models that propagate over it (needs_graph): the training pairs.
+GRAPH = (np.array([u for u in range(N_USERS) for _ in TRAIN[u]]), np.array([i for h in TRAIN for i in h]))
+
+
 def build(name: str, params: dict | None = None, seed: int = 0):
     torch.manual_seed(seed)
-    return registry.get(name).build(
+    cls = registry.get(name)
+    graph = {"graph": GRAPH} if getattr(cls, "needs_graph", False) else {}
+    return cls.build(
         n_users=N_USERS, n_items=N_ITEMS, params={**TEST_PARAMS.get(name, {}), **(params or {})},
-        item_features=ITEM_FEATURES,
+        item_features=ITEM_FEATURES, **graph,
     )
 
 

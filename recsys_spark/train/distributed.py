@@ -57,6 +57,9 @@ class WorkerJob:
     use_gpu: bool = False
     refit: "RefitPlan | None" = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # The training pairs (user_index, item_index) as int32 arrays, for a model with needs_graph
+    # (built with graph=...); None for the others.
+    graph: Any = None
 
 
 @dataclass
@@ -72,10 +75,12 @@ class RefitPlan:
     item_counts: np.ndarray  # of train + validation: negative sampling and log-q correction
     checkpoint_dir: str | None = None
     run_key: str = ""
+    graph: Any = None  # the training pairs of train + validation (WorkerJob.graph)
 
 
-def build_model(job: WorkerJob):
-    """The job's model, freshly initialised (seeded: every process builds the same weights)."""
+def build_model(job: WorkerJob, *, graph: Any = None):
+    """The job's model, freshly initialised (seeded: every process builds the same weights);
+    ``graph``: the phase's training pairs, for a model with ``needs_graph``."""
     import torch
 
     from recsys_spark.models import registry
@@ -84,6 +89,8 @@ def build_model(job: WorkerJob):
     kwargs = dict(job.build_kwargs)
     if job.item_features is not None:
         kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in job.item_features.items()}
+    if graph is not None:
+        kwargs["graph"] = graph
     torch.manual_seed(job.settings.seed)
     return cls.build(**kwargs)
 
@@ -115,14 +122,14 @@ def _worker(job: WorkerJob):
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
 
-        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str):
+        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str, graph=None):
             def loader_factory(epoch: int):
                 return data.shard_loader(
                     rank=rank, world_size=world, batch_size=job.batch_size, seed=settings.seed, epoch=epoch
                 )
 
             return loop.train(
-                build_model(job),  # freshly initialised, the same on every rank and for both phases
+                build_model(job, graph=graph),  # freshly initialised, the same on every rank and for both phases
                 loader_factory,
                 settings,
                 item_counts=item_counts,
@@ -135,14 +142,14 @@ def _worker(job: WorkerJob):
             )
 
         selected = fit(job.data, job.settings, job.item_counts, validate=job.validate, checkpoint_dir=job.checkpoint_dir,
-                       run_key=job.run_key, phase="")
+                       run_key=job.run_key, phase="", graph=job.graph)
         if job.refit is None:
             return selected
         best = [selected["best_epoch"] if rank == 0 else None]
         dist.broadcast_object_list(best, src=0)
         settings = dataclasses.replace(job.refit.settings, epochs=int(best[0]) + 1, early_stopping=False)
         refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False, checkpoint_dir=job.refit.checkpoint_dir,
-                    run_key=job.refit.run_key, phase=" refit")
+                    run_key=job.refit.run_key, phase=" refit", graph=job.refit.graph)
         return {"selection": selected, "refit": refit} if rank == 0 else None
     finally:
         dist.destroy_process_group()

@@ -90,6 +90,31 @@ def takes_item_features(cls) -> bool:
     return "item_features" in inspect.signature(cls.__init__).parameters
 
 
+def needs_graph(cls) -> bool:
+    """Whether a model class propagates over the training graph (built with ``graph=``, e.g. LightGCN)."""
+    return bool(getattr(cls, "needs_graph", False))
+
+
+def training_graph(rows: DataFrame, *, name: str, n_edges: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training pairs ``(user_index, item_index)`` as int32 arrays: a graph model's edges.
+
+    A sparse COO list (one entry per training row, i.e. per pair), never a
+    dense matrix; collected once on the driver after a memory check, then
+    pickled to every training process with the job.
+
+    Raises:
+        MemoryBudgetError: the driver could not hold the pairs.
+    """
+    memory.require_python(
+        f"collecting the training graph of '{name}' ({n_edges:,} edges) on the driver",
+        memory.graph_collect_bytes(n_edges),
+        remedy=f"Leave the graph model out (RECSYS_MODELS for scripts/pipeline.sh), or train '{name}' on a "
+               "machine with more memory.",
+    )
+    pairs = rows.select(USER_INDEX, ITEM_INDEX).toPandas()
+    return pairs[USER_INDEX].to_numpy(dtype=np.int32), pairs[ITEM_INDEX].to_numpy(dtype=np.int32)
+
+
 def item_features(spark: SparkSession, warehouse: str, n_items: int) -> dict[str, np.ndarray] | None:
     """Item metadata from the ``items`` table as model inputs, or None when it has none.
 
@@ -144,7 +169,7 @@ def clear_checkpoints(cfg: Config, name: str) -> None:
 
 def check_training_memory(
     cls, build_kwargs: dict, *, name: str, n_items: int, batch_size: int, num_processes: int,
-    executor_python_memory: str | None = None, available: int | None = None,
+    executor_python_memory: str | None = None, available: int | None = None, graph_edges: int = 0,
 ) -> int:
     """Refuse a model whose training processes would not fit, before anything is materialised.
 
@@ -154,14 +179,22 @@ def check_training_memory(
     ``spark.executor.pyspark.memory`` when set; all of them together against
     what this machine has available (``available``; default: measured), which
     is where they run on a local master or the local standalone cluster.
+    A graph model (``needs_graph``) adds its graph of ``graph_edges`` training
+    pairs (the class's ``graph_bytes``: adjacency and layer embeddings).
 
     Returns:
         The bytes one process needs.
     """
     per_process = memory.training_need(memory.parameter_bytes(cls, build_kwargs), n_items=n_items,
                                        batch_size=batch_size)
+    if graph_edges:
+        per_process += cls.graph_bytes(n_users=build_kwargs["n_users"], n_items=n_items, n_edges=graph_edges,
+                                       params=build_kwargs.get("params"))
     remedy = (f"Lower neural.batch_size or the model's catalog-wide sizes (neural.models.{name}), "
               "run fewer neural.num_processes, or leave the model out (RECSYS_MODELS for scripts/pipeline.sh).")
+    if graph_edges:
+        remedy += (f" Its training graph ({graph_edges:,} edges) is held whole by every process: lower "
+                   f"neural.models.{name}.embedding_dim or .layers, or run fewer processes.")
     if executor_python_memory:
         memory.require(f"training '{name}' (one process, {n_items} items)", per_process,
                        memory.parse_size(executor_python_memory), share=1.0,
@@ -268,9 +301,12 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
         phases.append(_phase(cfg, split_rows, name, cls, final=True, epochs=None, n_items=n_items,
                              build_kwargs=build_kwargs, features=features))
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
+    edges = [p.rows.count() if needs_graph(cls) else 0 for p in phases]  # a pair per training row
     check_training_memory(cls, with_feature_tensors(build_kwargs, features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
-                          executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"))
+                          executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"),
+                          graph_edges=max(edges))
+    graphs = [training_graph(p.rows, name=name, n_edges=n) if needs_graph(cls) else None for p, n in zip(phases, edges)]
     materialised_data, materialise_seconds = [], []
     try:
         for p in phases:
@@ -286,13 +322,14 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
         if then_refit:
             refit = distributed.RefitPlan(data=materialised_data[1], settings=phases[1].settings,
                                           item_counts=data.item_counts(phases[1].rows, n_items),
-                                          checkpoint_dir=phases[1].checkpoint_dir, run_key=phases[1].key)
+                                          checkpoint_dir=phases[1].checkpoint_dir, run_key=phases[1].key,
+                                          graph=graphs[1])
         job = distributed.WorkerJob(
             model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=materialised_data[0],
             settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
             item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
             threads_per_process=distributed.threads_per_process(spark, nc.num_processes), use_gpu=use_gpu,
-            refit=refit,
+            refit=refit, graph=graphs[0],
         )
         result = distributed.run(spark, job, num_processes=nc.num_processes)
     finally:
@@ -436,7 +473,9 @@ __all__ = [
     "fitted_model",
     "item_factor_table",
     "item_features",
+    "needs_graph",
     "takes_item_features",
+    "training_graph",
     "train",
     "user_factor_table",
 ]

@@ -155,9 +155,11 @@ def training_need(param_bytes: int, *, n_items: int, batch_size: int) -> int:
     return TRAINING_COPIES * param_bytes + 4 * block_rows * n_items
 
 
-# A graph model's sparse adjacency: per stored non-zero, two int64 indices (COO) and a float32 value;
-# an undirected edge is stored in both directions.
-GRAPH_BYTES_PER_EDGE = 2 * (2 * 8 + 4)
+# A graph model's adjacency, per undirected training edge, at its build's peak: the CSR it
+# keeps (both directions, an int64 column and a float32 value each: 24 bytes), the
+# sort's temporaries, and the job's two int32 arrays of pairs (8 bytes). Measured peak:
+# 57 + 8 bytes an edge at 1M edges, 48 + 8 at 10M (scripts/bench_lightgcn_memory.py).
+GRAPH_BYTES_PER_EDGE = 72
 
 
 def graph_training_bytes(*, n_edges: int, n_nodes: int, dim: int, layers: int) -> int:

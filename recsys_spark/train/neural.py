@@ -103,7 +103,7 @@ def training_graph(rows: DataFrame, *, name: str, n_edges: int) -> tuple[np.ndar
     pickled to every training process with the job.
 
     Raises:
-        MemoryBudgetError: the driver could not hold the pairs.
+        MemoryBudgetError: the driver (its Python or its JVM) could not hold the pairs.
     """
     memory.require_python(
         f"collecting the training graph of '{name}' ({n_edges:,} edges) on the driver",
@@ -111,6 +111,10 @@ def training_graph(rows: DataFrame, *, name: str, n_edges: int) -> tuple[np.ndar
         remedy=f"Leave the graph model out (RECSYS_MODELS for scripts/pipeline.sh), or train '{name}' on a "
                "machine with more memory.",
     )
+    # The pairs cross the driver JVM as Arrow batches before reaching Python.
+    memory.require_driver_jvm(rows.sparkSession, f"collecting the training graph of '{name}' ({n_edges:,} edges)",
+                              12 * n_edges, remedy=f"Raise spark.driver_memory, or leave '{name}' out "
+                                                   "(RECSYS_MODELS for scripts/pipeline.sh).")
     pairs = rows.select(USER_INDEX, ITEM_INDEX).toPandas()
     return pairs[USER_INDEX].to_numpy(dtype=np.int32), pairs[ITEM_INDEX].to_numpy(dtype=np.int32)
 

@@ -158,8 +158,8 @@ def training_need(param_bytes: int, *, n_items: int, batch_size: int) -> int:
 # A graph model's adjacency, per undirected training edge, at its build's peak: the CSR it
 # keeps (both directions, an int64 column and a float32 value each: 24 bytes), the
 # sort's temporaries, and the job's two int32 arrays of pairs (8 bytes). Measured peak:
-# 57 + 8 bytes an edge at 1M edges, 48 + 8 at 10M (scripts/bench_lightgcn_memory.py).
-GRAPH_BYTES_PER_EDGE = 72
+# 60-65 + 8 bytes an edge at 1M edges, 48 + 8 at 10M (scripts/bench_lightgcn_memory.py), so 80.
+GRAPH_BYTES_PER_EDGE = 80
 
 
 def graph_training_bytes(*, n_edges: int, n_nodes: int, dim: int, layers: int) -> int:

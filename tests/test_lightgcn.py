@@ -131,10 +131,10 @@ def test_a_model_loaded_without_the_graph_scores_as_the_trained_one():
 def test_graph_memory_is_budgeted_and_an_oversized_graph_is_refused():
     from recsys_spark.train.neural import check_training_memory
 
-    # 1M edges, 64-dim, 3 layers, 100k nodes: 72 bytes an edge (the CSR's 2 x (8 + 4), the build's
+    # 1M edges, 64-dim, 3 layers, 100k nodes: 80 bytes an edge (the CSR's 2 x (8 + 4), the build's
     # temporaries, the job's int32 pairs), (3 + 1) layers of 64 float32 a node, twice (forward, gradients).
     need = LightGCN.graph_bytes(n_users=60_000, n_items=40_000, n_edges=1_000_000)
-    assert need == 1_000_000 * 72 + 2 * 4 * 100_000 * 64 * (3 + 1)
+    assert need == 1_000_000 * 80 + 2 * 4 * 100_000 * 64 * (3 + 1)
     assert LightGCN.graph_bytes(n_users=60_000, n_items=40_000, n_edges=1_000_000, params={"layers": 1}) < need
     kwargs = {"n_users": 60_000, "n_items": 40_000, "params": {}}
     per_process = check_training_memory(LightGCN, kwargs, name="lightgcn", n_items=40_000, batch_size=1024,

@@ -51,6 +51,11 @@ class RecModel(torch.nn.Module):
     input_kind: ClassVar[str] = "pairs"  # "pairs" | "histories"
     needs_history: ClassVar[bool] = False
     dot_product: ClassVar[bool] = False
+    # Propagates over the training graph: the trainer builds it with graph=(user_index, item_index),
+    # the training pairs as int32 arrays (recsys_spark.train.neural.training_graph), and budgets
+    # the class's graph_bytes(n_users=, n_items=, n_edges=, params=). A model loaded for scoring is
+    # built without it, so what serving needs must be in the state dict (LightGCN).
+    needs_graph: ClassVar[bool] = False
     # Hyperparameters with their defaults, a comment per key (the one place they are written);
     # config overrides them per model: neural.models.<name> (conf/base.yaml, a dataset's file, --set).
     default_params: ClassVar[dict[str, Any]] = {}

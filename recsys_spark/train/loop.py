@@ -229,6 +229,7 @@ def train(
     run_key: str = "",
     steps_per_epoch_hint: int | None = None,
     log: Callable[[str], None] = print,
+    should_prune: Callable[[int, float], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``model`` in this process; in a distributed run, every rank calls this.
 
@@ -242,13 +243,16 @@ def train(
             where a rerun with the same ``run_key`` resumes from.
         steps_per_epoch_hint: expected steps per epoch, for ``ctx.total_steps``
             (annealing schedules); a guess is fine.
+        should_prune: rank 0 only, with validation: ``should_prune(epoch, metric)`` after
+            every epoch (a settings search's pruner); True stops this run on every rank,
+            like early stopping, and the result says ``pruned``.
 
     Returns:
         On rank 0: ``state_dict`` (bytes of the best epoch's weights, or the
         last epoch's without validation), ``history`` (one dict per epoch),
         ``best_epoch`` (0-based), ``best_metric``, ``epochs_run``,
         ``stopped_early``, ``resumed_from`` (completed epochs found in a
-        checkpoint). None on the other ranks.
+        checkpoint), ``pruned``. None on the other ranks.
     """
     rank, world = _dist()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -282,6 +286,7 @@ def train(
             torch.set_rng_state(state["rng"]["cpu"])
             log(f"resuming after epoch {start_epoch} from {ckpt.checkpoint_path(checkpoint_dir)}")
     resumed_from = start_epoch
+    pruned = False
     del state
 
     wrapper = _LossModule(model)
@@ -376,7 +381,9 @@ def train(
                 bad_epochs += 1
         stop = (rank == 0 and validation is not None and settings.early_stopping
                 and bad_epochs >= settings.patience)
-        stop = bool(_broadcast_object(stop, world, device))
+        prune = rank == 0 and validation is not None and should_prune is not None and should_prune(epoch, metric)
+        stop, prune = _broadcast_object((bool(stop or prune), bool(prune)), world, device)
+        pruned = pruned or prune
         finished = stop or epoch + 1 >= settings.epochs
         stopped_early = stop and epoch + 1 < settings.epochs
 
@@ -416,6 +423,7 @@ def train(
         "epochs_run": len(history),
         "stopped_early": stopped_early,
         "resumed_from": resumed_from,
+        "pruned": pruned,
     }
 
 

@@ -393,7 +393,7 @@ def _default_search_space() -> dict[str, dict[str, SearchDim]]:
                       "dropout": SearchDim(low=0.0, high=0.5), "weight_decay": wd},
         "multvae": {"learning_rate": lr, "latent_dim": SearchDim(choices=[100, 200]),
                     "dropout": SearchDim(low=0.2, high=0.7), "anneal_cap": SearchDim(low=0.05, high=0.5),
-                    "weight_decay": wd},
+                    "total_anneal_steps": SearchDim(choices=[None, 300, 1000]), "weight_decay": wd},
     }
 
 
@@ -436,7 +436,8 @@ class NeuralConf:
     # a model with one example per user sees far fewer examples per epoch than a
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
     per_model: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
+        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
+                                 "neumf": {"epochs": 40, "patience": 4}}
     )
     search: NeuralSearchConf = field(default_factory=NeuralSearchConf)
 

@@ -404,7 +404,7 @@ class NeuralSearchConf:
     trials: Count = 8  # trials per model, the configured settings first; 1: no search
     minutes: Positive = 20.0  # no new trial starts after this long (per model; the running one ends)
     startup_trials: NonNegativeInt = 2  # trials never pruned (the median needs a reference)
-    warmup_epochs: NonNegativeInt = 2  # epochs a trial runs before it may be pruned
+    warmup_epochs: NonNegativeInt = 4  # epochs a trial runs before it may be pruned (a slow start is not a bad trial)
     # Per model: setting -> SearchDim. A model absent here is trained with its configured settings.
     space: dict[str, dict[str, SearchDim]] = field(default_factory=_default_search_space)
 

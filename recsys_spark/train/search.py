@@ -155,6 +155,7 @@ class Study:
                      for k, v in plan.configured.items()}
         self.study.enqueue_trial(positions)
         self.trial = None
+        self.best_so_far = float("-inf")
         self.started = time.monotonic()
         self.records: list[dict[str, Any]] = []
 
@@ -177,8 +178,13 @@ class Study:
         return values
 
     def should_prune(self, epoch: int, metric: float) -> bool:
-        """Report the trial's validation metric after ``epoch`` (0-based); whether to stop it now."""
-        self.trial.report(metric, epoch)
+        """Report the trial's validation metric after ``epoch`` (0-based); whether to stop it now.
+
+        What is reported is the trial's best so far, not the epoch's own value: a validation
+        curve is noisy from epoch to epoch, and a trial is worth what early stopping would keep.
+        """
+        self.best_so_far = metric if epoch == 0 else max(self.best_so_far, metric)
+        self.trial.report(self.best_so_far, epoch)
         return self.trial.should_prune()
 
     def tell(self, values: dict[str, Any], result: dict[str, Any], seconds: float) -> None:

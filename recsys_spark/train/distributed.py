@@ -169,7 +169,7 @@ def _worker(job: WorkerJob):
             return selected
         best = broadcast(selected["best_epoch"] if rank == 0 else None)
         settings = dataclasses.replace(job.refit.settings, **chosen_trainer, epochs=int(best) + 1,
-                                       early_stopping=False)
+                                       schedule_epochs=job.settings.epochs, early_stopping=False)
         refit_key = job.refit.run_key + (json.dumps([chosen_params, chosen_trainer], sort_keys=True, default=str)
                                          if job.search is not None else "")
         refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False,

@@ -68,6 +68,10 @@ class TrainSettings:
     metric: str = "ndcg_at_10"
     early_stopping: bool = True
     eval_batch_users: int = 512
+    # The epochs that schedules (``ctx.total_steps``: Mult-VAE's KL annealing) are spread
+    # over; None: ``epochs``. A refit runs the selection's best epoch count but keeps the
+    # selection's schedule, or it would anneal faster than the run it repeats.
+    schedule_epochs: int | None = None
 
     def __post_init__(self):
         if self.negative_sampling not in ("uniform", "popularity"):
@@ -77,7 +81,8 @@ class TrainSettings:
         parse_metric(self.metric)
 
     @classmethod
-    def from_config(cls, cfg, *, epochs: int | None = None, early_stopping: bool = True) -> "TrainSettings":
+    def from_config(cls, cfg, *, epochs: int | None = None, early_stopping: bool = True,
+                    schedule_epochs: int | None = None) -> "TrainSettings":
         n = cfg.neural
         return cls(
             epochs=epochs if epochs is not None else n.epochs,
@@ -92,6 +97,7 @@ class TrainSettings:
             metric=cfg.evaluation.primary_metric,
             early_stopping=early_stopping,
             eval_batch_users=cfg.evaluation.scoring_batch_users,
+            schedule_epochs=schedule_epochs,
         )
 
 
@@ -306,7 +312,7 @@ def train(
     spe = steps_per_epoch_hint or 1
     if settings.max_steps_per_epoch:
         spe = min(spe, settings.max_steps_per_epoch)
-    total_steps = max(1, settings.epochs * spe)
+    total_steps = max(1, (settings.schedule_epochs or settings.epochs) * spe)
     global_step = resume_step if resume_step is not None else start_epoch * spe
     stopped_early = finished and start_epoch < settings.epochs
 

@@ -195,7 +195,9 @@ def _phase(cfg: Config, split_rows: DataFrame, name: str, cls, *, final: bool, e
     if not final:
         held = split.fold(split_rows, folds.SELECTION_FOLD, segment="warm")
         validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
-    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
+    # A refit keeps the selection's schedules (annealing over neural.epochs' steps).
+    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final,
+                                         schedule_epochs=nc.epochs if final else None)
     phase = "refit" if final else "selection"
     key = run_key(model=name, phase=phase, build=build_kwargs, settings=asdict(settings),
                   batch_size=nc.batch_size, history_length=nc.history_length, processes=nc.num_processes,

@@ -394,6 +394,8 @@ def _default_search_space() -> dict[str, dict[str, SearchDim]]:
         "multvae": {"learning_rate": lr, "latent_dim": SearchDim(choices=[100, 200]),
                     "dropout": SearchDim(low=0.2, high=0.7), "anneal_cap": SearchDim(low=0.05, high=0.5),
                     "total_anneal_steps": SearchDim(choices=[None, 300, 1000]), "weight_decay": wd},
+        "dlae": {"learning_rate": lr, "dropout": SearchDim(low=0.0, high=0.5),
+                 "l2": SearchDim(low=10.0, high=1000.0, log=True)},
     }
 
 
@@ -437,7 +439,8 @@ class NeuralConf:
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
     per_model: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
-                                 "neumf": {"epochs": 40, "patience": 4}}
+                                 "neumf": {"epochs": 40, "patience": 4},
+                                 "dlae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
     )
     search: NeuralSearchConf = field(default_factory=NeuralSearchConf)
 

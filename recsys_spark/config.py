@@ -364,6 +364,67 @@ class MarkovConf:
 
 
 @dataclass(config=_SECTION)
+class SearchDim:
+    """One searched setting: ``choices`` (any values, lists included), or a range ``low``..``high``
+    (``log``: sampled on a log scale; ``integer``: whole numbers)."""
+
+    choices: Annotated[list[Any], Field(min_length=1)] | None = None
+    low: Float | None = None
+    high: Float | None = None
+    log: Bool = False
+    integer: Bool = False
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "SearchDim":
+        if self.choices is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("give choices, or both low and high")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("a log range needs low > 0")
+        return self
+
+
+def _default_search_space() -> dict[str, dict[str, SearchDim]]:
+    # What matters per model (learning rate, size, regularisation, negatives where they
+    # apply); a key is a model hyperparameter (its class's default_params) or one of the
+    # trainer's learning_rate, weight_decay, negatives_per_positive, negative_sampling.
+    lr = SearchDim(low=0.0003, high=0.01, log=True)
+    wd = SearchDim(choices=[0.0, 0.000001, 0.00001])
+    return {
+        "neumf": {"learning_rate": lr, "embedding_dim": SearchDim(choices=[16, 32, 64]),
+                  "mlp_layers": SearchDim(choices=[[64, 32, 16], [128, 64, 32]]),
+                  "negatives_per_positive": SearchDim(choices=[4, 8]), "weight_decay": wd},
+        "two_tower": {"learning_rate": lr, "embedding_dim": SearchDim(choices=[32, 64, 128]),
+                      "dropout": SearchDim(low=0.0, high=0.5), "weight_decay": wd},
+        "multvae": {"learning_rate": lr, "latent_dim": SearchDim(choices=[100, 200]),
+                    "dropout": SearchDim(low=0.2, high=0.7), "anneal_cap": SearchDim(low=0.05, high=0.5),
+                    "total_anneal_steps": SearchDim(choices=[None, 300, 1000]), "weight_decay": wd},
+        "dlae": {"learning_rate": lr, "dropout": SearchDim(low=0.0, high=0.5),
+                 "l2": SearchDim(low=10.0, high=1000.0, log=True)},
+        "lightgcn": {"learning_rate": SearchDim(low=0.001, high=0.01, log=True),
+                     "embedding_dim": SearchDim(choices=[32, 64]), "layers": SearchDim(choices=[2, 3]),
+                     "l2": SearchDim(low=0.00001, high=0.001, log=True)},
+    }
+
+
+@dataclass(config=_SECTION)
+class NeuralSearchConf:
+    """The settings search of every neural model on validation (Optuna; docs/architecture.md)."""
+
+    trials: Count = 8  # trials per model, the configured settings first; 1: no search
+    minutes: Positive = 20.0  # no new trial starts after this long (per model; the running one ends)
+    startup_trials: NonNegativeInt = 2  # trials never pruned (the median needs a reference)
+    warmup_epochs: NonNegativeInt = 4  # epochs a trial runs before it may be pruned (a slow start is not a bad trial)
+    # Per model: setting -> SearchDim. A model absent here is trained with its configured settings.
+    space: dict[str, dict[str, SearchDim]] = field(default_factory=_default_search_space)
+
+
+@dataclass(config=_SECTION)
 class NeuralConf:
     """The Petastorm-fed DDP trainer (jobs/train_neural.py)."""
 
@@ -391,8 +452,11 @@ class NeuralConf:
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
     per_model: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
-                                 "lightgcn": {"learning_rate": 0.005, "epochs": 60, "patience": 5}}
+                                 "lightgcn": {"learning_rate": 0.005, "epochs": 60, "patience": 5},
+                                 "neumf": {"epochs": 40, "patience": 4},
+                                 "dlae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
     )
+    search: NeuralSearchConf = field(default_factory=NeuralSearchConf)
 
 
 @dataclass(config=_SECTION)
@@ -476,7 +540,7 @@ class Config:
         overrides = self.neural.per_model.get(name) or {}
         if not overrides:
             return self
-        nested = sorted(set(overrides) & {"models", "per_model"})
+        nested = sorted(set(overrides) & {"models", "per_model", "search"})
         if nested:
             raise ConfigError(f"neural.per_model.{name}: '{nested[0]}' cannot be set per model")
         merged = {**dataclasses.asdict(self.neural), **overrides}
@@ -527,11 +591,20 @@ def _section_at(cls: type, loc: tuple) -> type:
     return cls
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+# Mappings a later layer replaces whole instead of merging into: a weight table is one
+# setting, and a search dimension given as {choices: [...]} must not keep a file's low/high.
+_WHOLE = (("tables", "event_weights"), ("neural", "search", "space", "*", "*"))
+
+
+def _replaced_whole(path: tuple[str, ...]) -> bool:
+    return any(len(w) == len(path) and all(a in ("*", b) for a, b in zip(w, path)) for w in _WHOLE)
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in ("event_weights",):
-            out[k] = _merge(out[k], v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not _replaced_whole((*path, str(k))):
+            out[k] = _merge(out[k], v, (*path, str(k)))
         else:
             out[k] = v
     return out

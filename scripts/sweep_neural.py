@@ -120,7 +120,7 @@ def run_setting(setting: dict, cfg, split_rows, *, n_users: int, n_items: int, f
             epochs=out["best_epoch"] + 1 if final else nc.epochs, patience=nc.patience,
             learning_rate=nc.learning_rate, weight_decay=nc.weight_decay, negative_sampling=nc.negative_sampling,
             negatives_per_positive=nc.negatives_per_positive, seed=nc.seed, mixed_precision=False,
-            metric=metric, early_stopping=not final)
+            metric=metric, early_stopping=not final, schedule_epochs=nc.epochs if final else None)
         examples = len(next(iter(tensors.values())))
         torch.manual_seed(nc.seed)
         model = cls.build(**build)

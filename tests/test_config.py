@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from recsys_spark.config import ConfigError, load_config
@@ -191,10 +193,14 @@ def test_base_yaml_states_exactly_the_code_defaults():
     """conf/base.yaml writes out the dataclass defaults with their comments: every key of one is a key of
     the other, with the same value. The dataset section is each dataset file's; the generator's section
     is written out in the synthetic dataset's file."""
-    from recsys_spark.config import CONF_DIR, Config, _read_yaml
+    from recsys_spark.config import CONF_DIR, Config, SearchDim, _read_yaml
 
     defaults = Config().to_dict()
     base = _read_yaml(CONF_DIR / "base.yaml")
+    # The search space is written compactly ({low, high, log}); the code's form has every field.
+    space = base["neural"]["search"]["space"]
+    base["neural"]["search"]["space"] = {model: {key: dataclasses.asdict(SearchDim(**dim)) for key, dim in dims.items()}
+                                         for model, dims in space.items()}
     assert not _differences(base, {k: v for k, v in defaults.items() if k not in ("dataset", "synthetic")})
     synthetic = _read_yaml(CONF_DIR / "datasets" / "synthetic.yaml")["synthetic"]
     assert not _differences(synthetic, defaults["synthetic"])

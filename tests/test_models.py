@@ -34,6 +34,7 @@ TEST_PARAMS = {
     "two_tower": {"embedding_dim": 4, "tower_layers": [], "output_dim": 2, "temperature": 0.1},
     "multvae": {"hidden_dims": [32], "latent_dim": 8, "dropout": 0.2, "total_anneal_steps": 100},
     "lightgcn": {"embedding_dim": 4},
+    "dlae": {"l2": 1.0},  # the penalty is per user: 100 over 48 users would hold B at zero
 }
 MODELS = registry.names()
 DOT_MODELS = [n for n in MODELS if registry.get(n).dot_product]

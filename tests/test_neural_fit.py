@@ -122,7 +122,8 @@ def test_the_job_rerun_after_a_crash_resumes_from_the_last_checkpoint(spark, tmp
     wh = _planted_copy(planted_template, tmp_path)
     sets = ["neural.num_processes=1", "neural.epochs=3", "neural.patience=10", "neural.batch_size=64",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
-            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]
+            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS,
+            "neural.search.trials=1"]  # a search's trials keep no checkpoint: resuming is the configured fit's
     argv = ["--model", "neumf", "--warehouse", wh, *[a for s in sets for a in ("--set", s)]]
     cls = registry.get("neumf")
     real_loss = cls.loss
@@ -172,14 +173,28 @@ def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, t
     from recsys_spark.serve import select
 
     wh = _planted_copy(planted_template, tmp_path)
+    # A 3-trial settings search through the job's own path (materialised shards, the worker,
+    # the loop), then the refit with the chosen settings: what is saved is what was chosen.
     sets = ["neural.num_processes=1", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
-            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS]
+            f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS, "neural.search.trials=3",
+            "neural.search.space={neumf: {embedding_dim: {choices: [4, 8]}, negatives_per_positive: {choices: [2, 4]}}}"]
     report = load_job("train_neural").main(["--model", "neumf", "--warehouse", wh,
                                             *[a for s in sets for a in ("--set", s)]])
     assert report["model"] == "neumf"
     meta = artifacts.load_metadata(spark, wh, "neumf")
     assert meta["kind"] == artifacts.KIND_TORCH and meta["epochs"] >= 1
+    searched = meta["search"]
+    # Trial 0: the configured settings (the set dimensions replace the file's; the rest stay).
+    assert len(searched["trials"]) == 3 and searched["trials"][0]["values"] == {
+        "embedding_dim": 4, "negatives_per_positive": 4, "learning_rate": 0.01, "mlp_layers": [8, 4],
+        "weight_decay": 0.0}
+    chosen = searched["trials"][searched["chosen_trial"]]
+    assert chosen["best_metric"] == max(t["best_metric"] for t in searched["trials"] if not t["pruned"])
+    assert searched["chosen"] == chosen["values"] == report["search"]["chosen"]
+    assert meta["build_kwargs"]["params"]["embedding_dim"] == chosen["values"]["embedding_dim"]
+    assert meta["params"]["embedding_dim"] == chosen["values"]["embedding_dim"]
+    assert report["ndcg_at_5_validation_in_trainer"] == pytest.approx(chosen["best_metric"])
 
     # The trained weights: not the seeded initial ones the trainer started from.
     kwargs = fitted.torch_build_kwargs(meta)

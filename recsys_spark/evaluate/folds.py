@@ -117,8 +117,19 @@ def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, m
         results.append({"model": model, "run_date": run_date, "fold": FINAL_FOLD, "split": protocol,
                         "metrics": fold_metrics(split_rows, recs, FINAL_FOLD, n_items, cfg),
                         "validation_metrics": meta.get("metrics", {}).get("validation", {}),
-                        "params": meta.get("params", {})})
+                        "params": meta.get("params", {}), "selected": selected_settings(meta)})
     return results
+
+
+def selected_settings(meta: dict) -> dict | None:
+    """What a model's search chose on validation (its metadata's ``search``): the chosen values,
+    the trials run and pruned; None for a model that searched nothing."""
+    searched = meta.get("search")
+    if not searched:
+        return None
+    trials = searched.get("trials") or []
+    return {"chosen": searched.get("chosen"), "trials": len(trials),
+            "pruned": sum(bool(t.get("pruned")) for t in trials)}
 
 
 def comparison_table(spark: SparkSession, results: list[dict]) -> DataFrame:

@@ -13,6 +13,7 @@ counts as all misses.
 """
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 
@@ -173,18 +174,31 @@ _TABLE_METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "coverage")
 def comparison_rows(results: Sequence[dict], ks: Sequence[int]) -> tuple[list[str], list[list]]:
     """Header and rows of the cross-model table, best primary metric first."""
     ks = sorted(ks)
-    header = ["model"] + [f"{m}@{k}" for m in _TABLE_METRICS for k in ks] + ["mrr", "users"]
+    header = ["model"] + [f"{m}@{k}" for m in _TABLE_METRICS for k in ks] + ["mrr", "users", "selected on validation"]
     rows = []
     for res in results:
         m = res["metrics"]
         rows.append(
             [res["model"]]
             + [m.get(f"{name}_at_{k}", math.nan) for name in _TABLE_METRICS for k in ks]
-            + [m.get("mrr", math.nan), int(m.get("users", 0))]
+            + [m.get("mrr", math.nan), int(m.get("users", 0)), describe_selection(res.get("selected"))]
         )
     first_ndcg = header.index(f"ndcg@{ks[0]}")
     rows.sort(key=lambda r: -r[first_ndcg] if not math.isnan(r[first_ndcg]) else math.inf)
     return header, rows
+
+
+def describe_selection(selected: dict | None) -> str:
+    """``lr=0.003 embedding_dim=64 (8 trials, 3 pruned)``: a model's settings chosen on validation."""
+    if not selected:
+        return ""
+
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+    values = " ".join(f"{k}={fmt(v)}" for k, v in (selected.get("chosen") or {}).items())
+    pruned = f", {selected['pruned']} pruned" if selected.get("pruned") else ""
+    return f"{values} ({selected.get('trials', 0)} trials{pruned})"
 
 
 def to_markdown(header: list[str], rows: list[list]) -> str:
@@ -198,6 +212,9 @@ def to_markdown(header: list[str], rows: list[list]) -> str:
 
 def to_csv(header: list[str], rows: list[list]) -> str:
     def fmt(v):
-        return f"{v:.6f}" if isinstance(v, float) else str(v)
+        if isinstance(v, float):
+            return f"{v:.6f}"
+        text = str(v)
+        return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
 
-    return "\n".join([",".join(header)] + [",".join(fmt(v) for v in row) for row in rows]) + "\n"
+    return "\n".join([",".join(fmt(h) for h in header)] + [",".join(fmt(v) for v in row) for row in rows]) + "\n"

@@ -9,8 +9,8 @@ log-variance of a Gaussian latent; a sample is decoded by the mirrored MLP into
 logits over every item. The loss is the negative multinomial log-likelihood
 of the history under softmax(logits) plus beta times the KL divergence to
 N(0, I), with beta annealed linearly from 0 to ``anneal_cap`` over
-``total_anneal_steps`` training steps (``ctx.step``; null: over the whole run,
-``ctx.total_steps``). The authors' code raises beta at 1/total_anneal_steps
+``total_anneal_steps`` training steps (``ctx.step``; null: over the whole planned
+selection run, ``ctx.total_steps``, which a refit keeps). The authors' code raises beta at 1/total_anneal_steps
 per step until it hits the cap; here the cap is reached at the end of the
 schedule, so the schedule is independent of the cap.
 
@@ -38,7 +38,7 @@ class MultVAE(RecModel):
         "latent_dim": 200,  # size of the Gaussian latent; the paper: 200
         "dropout": 0.5,  # dropout on the normalised input history, training only
         "anneal_cap": 0.2,  # final KL weight beta; the paper's best: 0.2
-        "total_anneal_steps": None,  # steps for beta to rise from 0 to anneal_cap; null: the whole run
+        "total_anneal_steps": None,  # steps for beta to rise from 0 to anneal_cap; null: the planned selection run (the refit keeps its schedule)
     }
 
     def __init__(self, *, n_users: int, n_items: int, params: dict[str, Any]):

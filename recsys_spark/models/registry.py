@@ -167,6 +167,7 @@ register("neumf", "recsys_spark.models.neumf:NeuMF")
 register("two_tower", "recsys_spark.models.two_tower:TwoTower")
 register("multvae", "recsys_spark.models.multvae:MultVAE")
 register("lightgcn", "recsys_spark.models.lightgcn:LightGCN")
+register("dlae", "recsys_spark.models.dlae:DLAE")
 
 # The other families, in the order the night trains them (each line: a family -> its file's fit, or its job).
 register_family("popularity", "recsys_spark.models.baselines:fit_popularity_model",

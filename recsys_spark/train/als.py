@@ -45,7 +45,10 @@ def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, *, n_users: i
     final = als.fitted_model(
         spark, als.fit(split.training_rows(split_rows, final=True), best, **fit_args), n_items=n_items,
         params={**best.as_dict(), "implicit_prefs": conf.implicit_prefs, "seed": conf.seed})
-    refit_extra = {"grid": [{**p.as_dict(), primary: s} for p, s in ranked], "search_seconds": search_seconds}
+    refit_extra = {"grid": [{**p.as_dict(), primary: s} for p, s in ranked], "search_seconds": search_seconds,
+                   # The same shape as every searched model's (the comparison shows it).
+                   "search": {"chosen": best.as_dict(), "trials": [{"values": p.as_dict(), "best_metric": s}
+                                                                   for p, s in ranked]}}
     # The refit's time covers its fit, its test scoring and the save.
     folds.finish(spark, cfg, final, split_rows, n_users=n_users, n_items=n_items,
                  validation=all_metrics[best], extra={**refit_extra, "refit_seconds": time.time() - started})

@@ -56,6 +56,7 @@ class WorkerJob:
     threads_per_process: int = 1
     use_gpu: bool = False
     refit: "RefitPlan | None" = None
+    search: Any = None  # recsys_spark.train.search.SearchPlan: selection is a settings search
     extra: dict[str, Any] = field(default_factory=dict)
     # The training pairs (user_index, item_index) as int32 arrays, for a model with needs_graph
     # (built with graph=...); None for the others.
@@ -78,15 +79,18 @@ class RefitPlan:
     graph: Any = None  # the training pairs of train + validation (WorkerJob.graph)
 
 
-def build_model(job: WorkerJob, *, graph: Any = None):
+def build_model(job: WorkerJob, params: dict[str, Any] | None = None, *, graph: Any = None):
     """The job's model, freshly initialised (seeded: every process builds the same weights);
-    ``graph``: the phase's training pairs, for a model with ``needs_graph``."""
+    ``params`` (a search trial's hyperparameters) over the job's; ``graph``: the phase's
+    training pairs, for a model with ``needs_graph``."""
     import torch
 
     from recsys_spark.models import registry
 
     cls = job.model_class or registry.get(job.model_name)
     kwargs = dict(job.build_kwargs)
+    if params:
+        kwargs["params"] = {**kwargs.get("params", {}), **params}
     if job.item_features is not None:
         kwargs["item_features"] = {k: torch.as_tensor(v) for k, v in job.item_features.items()}
     if graph is not None:
@@ -98,6 +102,7 @@ def build_model(job: WorkerJob, *, graph: Any = None):
 def _worker(job: WorkerJob):
     """One training process (runs under torchrun: RANK, WORLD_SIZE, MASTER_ADDR are set)."""
     import dataclasses
+    import json
     import os
 
     import torch
@@ -122,14 +127,15 @@ def _worker(job: WorkerJob):
     try:
         rank, world = dist.get_rank(), dist.get_world_size()
 
-        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str, graph=None):
+        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str,
+                params=None, should_prune=None, graph=None):
             def loader_factory(epoch: int):
                 return data.shard_loader(
                     rank=rank, world_size=world, batch_size=job.batch_size, seed=settings.seed, epoch=epoch
                 )
 
             return loop.train(
-                build_model(job, graph=graph),  # freshly initialised, the same on every rank and for both phases
+                build_model(job, params, graph=graph),  # freshly initialised, the same on every rank and for both phases
                 loader_factory,
                 settings,
                 item_counts=item_counts,
@@ -139,17 +145,43 @@ def _worker(job: WorkerJob):
                 run_key=run_key,
                 steps_per_epoch_hint=data.steps_per_epoch(job.batch_size, world),
                 log=lambda line: print(f"[{job.model_name}{phase}] {line}", flush=True),
+                should_prune=should_prune,
             )
 
-        selected = fit(job.data, job.settings, job.item_counts, validate=job.validate, checkpoint_dir=job.checkpoint_dir,
-                       run_key=job.run_key, phase="", graph=job.graph)
+        def broadcast(obj):
+            box = [obj]
+            dist.broadcast_object_list(box, src=0)
+            return box[0]
+
+        chosen_params, chosen_trainer = {}, {}
+        if job.search is not None and job.search.active:
+            from recsys_spark.train import search
+
+            def trial(values, should_prune):
+                params, trainer = job.search.split(values)
+                # Trials keep no checkpoint: a search interrupted is run again (its
+                # study lives in rank 0's memory); the refit after it checkpoints.
+                return fit(job.data, dataclasses.replace(job.settings, **trainer), job.item_counts, validate=True,
+                           checkpoint_dir=None, run_key="", phase=" search", params=params,
+                           should_prune=should_prune, graph=job.graph)
+
+            selected = search.run(job.search, trial, rank=rank, broadcast=broadcast,
+                                  log=lambda line: print(f"[{job.model_name} search] {line}", flush=True))
+            chosen_params, chosen_trainer = job.search.split(
+                broadcast(selected["search"]["chosen"] if rank == 0 else None))
+        else:
+            selected = fit(job.data, job.settings, job.item_counts, validate=job.validate,
+                           checkpoint_dir=job.checkpoint_dir, run_key=job.run_key, phase="", graph=job.graph)
         if job.refit is None:
             return selected
-        best = [selected["best_epoch"] if rank == 0 else None]
-        dist.broadcast_object_list(best, src=0)
-        settings = dataclasses.replace(job.refit.settings, epochs=int(best[0]) + 1, early_stopping=False)
-        refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False, checkpoint_dir=job.refit.checkpoint_dir,
-                    run_key=job.refit.run_key, phase=" refit", graph=job.refit.graph)
+        best = broadcast(selected["best_epoch"] if rank == 0 else None)
+        settings = dataclasses.replace(job.refit.settings, **chosen_trainer, epochs=int(best) + 1,
+                                       schedule_epochs=job.settings.epochs, early_stopping=False)
+        refit_key = job.refit.run_key + (json.dumps([chosen_params, chosen_trainer], sort_keys=True, default=str)
+                                         if job.search is not None else "")
+        refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False,
+                    checkpoint_dir=job.refit.checkpoint_dir, run_key=refit_key, phase=" refit",
+                    params=chosen_params, graph=job.refit.graph)
         return {"selection": selected, "refit": refit} if rank == 0 else None
     finally:
         dist.destroy_process_group()

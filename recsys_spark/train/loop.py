@@ -68,6 +68,10 @@ class TrainSettings:
     metric: str = "ndcg_at_10"
     early_stopping: bool = True
     eval_batch_users: int = 512
+    # The epochs that schedules (``ctx.total_steps``: Mult-VAE's KL annealing) are spread
+    # over; None: ``epochs``. A refit runs the selection's best epoch count but keeps the
+    # selection's schedule, or it would anneal faster than the run it repeats.
+    schedule_epochs: int | None = None
 
     def __post_init__(self):
         if self.negative_sampling not in ("uniform", "popularity"):
@@ -77,7 +81,8 @@ class TrainSettings:
         parse_metric(self.metric)
 
     @classmethod
-    def from_config(cls, cfg, *, epochs: int | None = None, early_stopping: bool = True) -> "TrainSettings":
+    def from_config(cls, cfg, *, epochs: int | None = None, early_stopping: bool = True,
+                    schedule_epochs: int | None = None) -> "TrainSettings":
         n = cfg.neural
         return cls(
             epochs=epochs if epochs is not None else n.epochs,
@@ -92,6 +97,7 @@ class TrainSettings:
             metric=cfg.evaluation.primary_metric,
             early_stopping=early_stopping,
             eval_batch_users=cfg.evaluation.scoring_batch_users,
+            schedule_epochs=schedule_epochs,
         )
 
 
@@ -229,6 +235,7 @@ def train(
     run_key: str = "",
     steps_per_epoch_hint: int | None = None,
     log: Callable[[str], None] = print,
+    should_prune: Callable[[int, float], bool] | None = None,
 ) -> dict[str, Any] | None:
     """Train ``model`` in this process; in a distributed run, every rank calls this.
 
@@ -242,13 +249,16 @@ def train(
             where a rerun with the same ``run_key`` resumes from.
         steps_per_epoch_hint: expected steps per epoch, for ``ctx.total_steps``
             (annealing schedules); a guess is fine.
+        should_prune: rank 0 only, with validation: ``should_prune(epoch, metric)`` after
+            every epoch (a settings search's pruner); True stops this run on every rank,
+            like early stopping, and the result says ``pruned``.
 
     Returns:
         On rank 0: ``state_dict`` (bytes of the best epoch's weights, or the
         last epoch's without validation), ``history`` (one dict per epoch),
         ``best_epoch`` (0-based), ``best_metric``, ``epochs_run``,
         ``stopped_early``, ``resumed_from`` (completed epochs found in a
-        checkpoint). None on the other ranks.
+        checkpoint), ``pruned``. None on the other ranks.
     """
     rank, world = _dist()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -282,6 +292,7 @@ def train(
             torch.set_rng_state(state["rng"]["cpu"])
             log(f"resuming after epoch {start_epoch} from {ckpt.checkpoint_path(checkpoint_dir)}")
     resumed_from = start_epoch
+    pruned = False
     del state
 
     wrapper = _LossModule(model)
@@ -301,7 +312,7 @@ def train(
     spe = steps_per_epoch_hint or 1
     if settings.max_steps_per_epoch:
         spe = min(spe, settings.max_steps_per_epoch)
-    total_steps = max(1, settings.epochs * spe)
+    total_steps = max(1, (settings.schedule_epochs or settings.epochs) * spe)
     global_step = resume_step if resume_step is not None else start_epoch * spe
     stopped_early = finished and start_epoch < settings.epochs
 
@@ -376,7 +387,9 @@ def train(
                 bad_epochs += 1
         stop = (rank == 0 and validation is not None and settings.early_stopping
                 and bad_epochs >= settings.patience)
-        stop = bool(_broadcast_object(stop, world, device))
+        prune = rank == 0 and validation is not None and should_prune is not None and should_prune(epoch, metric)
+        stop, prune = _broadcast_object((bool(stop or prune), bool(prune)), world, device)
+        pruned = pruned or prune
         finished = stop or epoch + 1 >= settings.epochs
         stopped_early = stop and epoch + 1 < settings.epochs
 
@@ -416,6 +429,7 @@ def train(
         "epochs_run": len(history),
         "stopped_early": stopped_early,
         "resumed_from": resumed_from,
+        "pruned": pruned,
     }
 
 

@@ -32,7 +32,7 @@ from recsys_spark.config import Config
 from recsys_spark.models import artifacts, fitted, registry
 from recsys_spark.models.fitted import FittedModel
 from recsys_spark.schemas import FACTORS, ITEMS, ITEM_INDEX, LAST_TIME, USER_INDEX, WEIGHT
-from recsys_spark.train import checkpoint, data, distributed
+from recsys_spark.train import checkpoint, data, distributed, search
 from recsys_spark.train.loop import TrainSettings
 
 
@@ -232,7 +232,9 @@ def _phase(cfg: Config, split_rows: DataFrame, name: str, cls, *, final: bool, e
     if not final:
         held = split.fold(split_rows, folds.SELECTION_FOLD, segment="warm")
         validation = data.validation_examples(rows, held, n_items=n_items, history_length=nc.history_length)
-    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final)
+    # A refit keeps the selection's schedules (annealing over neural.epochs' steps).
+    settings = TrainSettings.from_config(cfg, epochs=epochs, early_stopping=not final,
+                                         schedule_epochs=nc.epochs if final else None)
     phase = "refit" if final else "selection"
     key = run_key(model=name, phase=phase, build=build_kwargs, settings=asdict(settings),
                   batch_size=nc.batch_size, history_length=nc.history_length, processes=nc.num_processes,
@@ -299,6 +301,8 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
     reads_history = cls.needs_history or cls.input_kind == data.HISTORIES
     features = features if takes_item_features(cls) else None
     build_kwargs = {"n_users": n_users, "n_items": n_items, "params": params}
+    # A search replaces selection (final=False) only: a refit alone trains what it is given.
+    plan = None if final else search.plan_for(cfg, name, cls, params)
     phases = [_phase(cfg, split_rows, name, cls, final=final, epochs=epochs, n_items=n_items,
                      build_kwargs=build_kwargs, features=features)]
     if then_refit:
@@ -306,7 +310,8 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
                              build_kwargs=build_kwargs, features=features))
     use_gpu = distributed.resolve_use_gpu(spark, nc.use_gpu)
     edges = [p.rows.count() if needs_graph(cls) else 0 for p in phases]  # a pair per training row
-    check_training_memory(cls, with_feature_tensors(build_kwargs, features), name=name,
+    largest = {**build_kwargs, "params": search.largest(plan, params)}  # the biggest model a trial may build
+    check_training_memory(cls, with_feature_tensors(largest, features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"),
                           graph_edges=max(edges))
@@ -333,7 +338,7 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
             settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
             item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
             threads_per_process=distributed.threads_per_process(spark, nc.num_processes), use_gpu=use_gpu,
-            refit=refit, graph=graphs[0],
+            refit=refit, graph=graphs[0], search=plan,
         )
         result = distributed.run(spark, job, num_processes=nc.num_processes)
     finally:
@@ -341,16 +346,26 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
             d.delete()
     ended = time.time()
     results = [result["selection"], result["refit"]] if then_refit else [result]
+    searched = results[0].get("search")
+    if searched is not None:  # both fits were built with the chosen hyperparameters
+        chosen_params, _ = plan.split(searched["chosen"])
+        build_kwargs = {**build_kwargs, "params": {**params, **chosen_params}}
     # Where a fit's time goes: what is fixed (materialising, launching the processes)
     # and what grows with the data and the epochs. With a refit in the same launch,
     # the launch is counted once, in the selection's phases.
     in_epochs = sum(h["seconds"] + h.get("validation_seconds", 0.0) for r in results for h in r["history"])
+    if searched is not None:  # every trial's epochs, not only the chosen one's
+        in_epochs += searched["seconds"] - sum(h["seconds"] + h.get("validation_seconds", 0.0)
+                                               for h in results[0]["history"])
     launch = ended - materialised - in_epochs
     fitted = []
     for i, (r, d) in enumerate(zip(results, materialised_data)):
         train_s = sum(h["seconds"] for h in r["history"])
         validation_s = sum(h.get("validation_seconds", 0.0) for h in r["history"])
         phase_times = {"materialise_seconds": round(materialise_seconds[i], 1),
+                       # the trials not chosen (the chosen one's epochs are train and validation)
+                       **({"other_trials_seconds": round(searched["seconds"] - train_s - validation_s, 1)}
+                          if searched is not None and i == 0 else {}),
                        "train_seconds": round(train_s, 1), "validation_seconds": round(validation_s, 1),
                        "launch_and_setup_seconds": round(launch, 1) if i == 0 else 0.0}
         fitted.append(TrainedNetwork(
@@ -358,7 +373,8 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
             best_epoch=r["best_epoch"], best_metric=r["best_metric"], epochs_run=r["epochs_run"],
             stopped_early=r["stopped_early"], resumed_from=r["resumed_from"],
             seconds=sum(phase_times.values()), item_features=features, model_class=model_class,
-            extra={"examples": d.rows, "parquet_files": d.files, "use_gpu": use_gpu, "phases": phase_times},
+            extra={"examples": d.rows, "parquet_files": d.files, "use_gpu": use_gpu, "phases": phase_times,
+                   "search": searched},
         ))
     return fitted
 
@@ -422,6 +438,8 @@ def fitted_model(spark: SparkSession, cfg: Config, trained: TrainedNetwork, trai
         "epochs": trained.epochs_run,
         "history": trained.history,
     }
+    if trained.extra.get("search") is not None:  # the settings search: every trial and the chosen values
+        metadata["search"] = trained.extra["search"]
     params = {**cls.default_params, **trained.build_kwargs["params"]}
     if cls.dot_product:
         return fitted.dot_product(
@@ -466,7 +484,16 @@ def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, name: str, *,
             "use_gpu": selected.extra["use_gpu"], "selection_seconds": round(selected.seconds, 1),
             "refit_seconds": round(final.seconds, 1) if nc.refit else 0.0,
             "selection_phases": selected.extra["phases"],
-            "refit_phases": final.extra["phases"] if nc.refit else None}
+            "refit_phases": final.extra["phases"] if nc.refit else None,
+            "search": _search_summary(selected.extra.get("search"))}
+
+
+def _search_summary(searched: dict | None) -> dict | None:
+    """The search in the job's report: chosen values, trials run and pruned, seconds."""
+    if searched is None:
+        return None
+    return {"chosen": searched["chosen"], "chosen_trial": searched["chosen_trial"],
+            "trials": len(searched["trials"]), "pruned": searched["pruned"], "seconds": searched["seconds"]}
 
 
 __all__ = [

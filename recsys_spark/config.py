@@ -380,7 +380,14 @@ class NeuralConf:
     # a model with one example per user sees far fewer examples per epoch than a
     # pairwise one, so one batch size does not suit both (Config.for_neural_model).
     per_model: dict[str, dict[str, Any]] = field(
-        default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
+        default_factory=lambda: {
+            "multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
+            # Sequence models: one example per user too; a history longer than the model's
+            # window holds more training windows than the newest one.
+            "gru4rec": {"batch_size": 64, "history_length": 200, "epochs": 100, "patience": 5},
+            "sasrec": {"batch_size": 64, "history_length": 200, "epochs": 100, "patience": 5},
+            "caser": {"batch_size": 64, "history_length": 200, "epochs": 100, "patience": 5},
+        }
     )
 
 

@@ -409,6 +409,10 @@ def _default_search_space() -> dict[str, dict[str, SearchDim]]:
         "lightgcn": {"learning_rate": SearchDim(low=0.001, high=0.01, log=True),
                      "embedding_dim": SearchDim(choices=[32, 64]), "layers": SearchDim(choices=[2, 3]),
                      "l2": SearchDim(low=0.00001, high=0.001, log=True)},
+        **{m: {"learning_rate": SearchDim(low=0.0005, high=0.005, log=True), "embedding_dim": SearchDim(choices=[32, 64]),
+               "dropout": SearchDim(low=0.1, high=0.5)} for m in ("gru4rec", "sasrec")},
+        "caser": {"learning_rate": SearchDim(low=0.0005, high=0.005, log=True),
+                  "embedding_dim": SearchDim(choices=[32, 64]), "dropout": SearchDim(low=0.2, high=0.6)},
     }
 
 
@@ -454,7 +458,14 @@ class NeuralConf:
         default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
                                  "lightgcn": {"learning_rate": 0.005, "epochs": 60, "patience": 5},
                                  "neumf": {"epochs": 40, "patience": 4},
-                                 "dlae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10}}
+                                 "dlae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
+                                 # Sequence models: one example per user too; a history longer than the model's
+                                 # window holds more training windows than the newest one. Their validation
+                                 # curve is noisy and still rises after 20 epochs: a long patience.
+                                 **{m: {"batch_size": 32, "history_length": 200, "learning_rate": 0.002,
+                                        "epochs": 60, "patience": 8} for m in ("gru4rec", "sasrec")},
+                                 "caser": {"batch_size": 32, "history_length": 200, "learning_rate": 0.002,
+                                           "epochs": 40, "patience": 4}}
     )
     search: NeuralSearchConf = field(default_factory=NeuralSearchConf)
 

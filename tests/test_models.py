@@ -35,6 +35,10 @@ TEST_PARAMS = {
     "multvae": {"hidden_dims": [32], "latent_dim": 8, "dropout": 0.2, "total_anneal_steps": 100},
     "lightgcn": {"embedding_dim": 4},
     "dlae": {"l2": 1.0},  # the penalty is per user: 100 over 48 users would hold B at zero
+    # Sequence models: small, and a window as long as the histories here.
+    "gru4rec": {"embedding_dim": 8, "hidden_dim": 16, "max_length": 8},
+    "sasrec": {"embedding_dim": 8, "max_length": 8, "num_blocks": 1},
+    "caser": {"embedding_dim": 2, "L": 3, "n_h": 4, "n_v": 2, "dropout": 0.2},
 }
 MODELS = registry.names()
 DOT_MODELS = [n for n in MODELS if registry.get(n).dot_product]

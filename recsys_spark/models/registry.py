@@ -168,6 +168,9 @@ register("two_tower", "recsys_spark.models.two_tower:TwoTower")
 register("multvae", "recsys_spark.models.multvae:MultVAE")
 register("lightgcn", "recsys_spark.models.lightgcn:LightGCN")
 register("dlae", "recsys_spark.models.dlae:DLAE")
+register("gru4rec", "recsys_spark.models.gru4rec:GRU4Rec")
+register("sasrec", "recsys_spark.models.sasrec:SASRec")
+register("caser", "recsys_spark.models.caser:Caser")
 
 # The other families, in the order the night trains them (each line: a family -> its file's fit, or its job).
 register_family("popularity", "recsys_spark.models.baselines:fit_popularity_model",

@@ -52,7 +52,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2) from None
     report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",
                                         "deleted_runs", "code_version", "catalog")}
-    report["fallback"] = manifest["fallback"]["chosen"]  # a scalar: the run manifest keeps it
+    report["fallback_model"] = manifest["fallback_model"]
     report["gate_failures_overridden"] = manifest["quality_gate"]["failures"] if manifest["forced"] else []
     print_report("recommend", report)
     return manifest

@@ -392,6 +392,8 @@ def test_cold_start_users_get_the_fallback_chosen_on_validation(spark, published
     # users per item in the window's last days of interactions.
     choice = manifest(wh, DAY1)["fallback"]
     assert choice["chosen"] in choice["candidates"] and choice["fold"] == "validation"
+    assert choice["candidates"][choice["chosen"]] == max(choice["candidates"].values())
+    assert manifest(wh, DAY1)["fallback_model"] == choice["chosen"]
     days = choice["recent_days"]
     since = seen.last_time.min() if days is None else seen.last_time.max() - pd.Timedelta(days=days)
     pop = seen[seen.last_time >= since].groupby("item_id").user_id.nunique()

@@ -182,6 +182,7 @@ def run(
                                  else "embedding_cosine" if unit is not None else None),
                 "mmr_similarity": similarity,
                 "fallback": fallback_choice,
+                "fallback_model": fallback_choice["chosen"],  # a scalar: the night's run manifest keeps it
             },
         )
     finally:

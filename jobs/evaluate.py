@@ -4,7 +4,8 @@ Reads <warehouse>/eval_recs/<model>/test for each model (all found, or --models)
 computes full-ranking metrics against the split's warm test users, and writes
 <warehouse>/metrics/run_date=D/<model>.json plus comparison.csv / comparison.md.
 Cold-start test users (no training history) are evaluated separately with the
-recent-popularity fallback every model serves them (_cold_start.json).
+popularity fallback every model serves them, chosen on validation's cold users
+among all-time and recent popularity, each candidate reported (_cold_start.json).
 
     scripts/submit.sh jobs/evaluate.py --dataset synthetic
 """

@@ -1,8 +1,9 @@
 """Publish the top-N recommendations per user for downstream readers.
 
 Serves the model named by `recommend.model` (null / best: the best on validation
-`evaluation.primary_metric`) to every user of the user_index table, recent
-popularity to users with too little history, and publishes
+`evaluation.primary_metric`) to every user of the user_index table, the popularity
+fallback chosen on validation's cold users (all time or a recent window:
+`popularity.fallback_windows_days`) to users with too little history, and publishes
 <warehouse>/recommendations/run_date=D/ (+ _manifest.json, _SUCCESS) atomically,
 then <warehouse>/recommendations/_latest.json. See docs/tables.md#recommendations.
 
@@ -51,6 +52,7 @@ def main(argv=None) -> dict:
         raise SystemExit(2) from None
     report = {k: manifest[k] for k in ("run_date", "model", "model_metric", "counts", "forced", "latest",
                                         "deleted_runs", "code_version", "catalog")}
+    report["fallback_model"] = manifest["fallback_model"]
     report["gate_failures_overridden"] = manifest["quality_gate"]["failures"] if manifest["forced"] else []
     print_report("recommend", report)
     return manifest

@@ -54,6 +54,7 @@ PRIMARY_METRICS = ("ndcg", "recall", "precision", "hit_rate")
 # Keys that existed once: naming one says what replaced it.
 REMOVED_KEYS = {
     "synthetic.output": "the generator writes to dataset.source.path, the path the clean job reads; set that",
+    "ease.l2": "EASE picks its lambda on validation from ease.l2_grid; give one value (ease.l2_grid=[250.0]) to fix it",
 }
 
 
@@ -327,11 +328,16 @@ class EvaluationConf:
 @dataclass(config=_SECTION)
 class PopularityConf:
     recent_days: Count = 14  # the "recent" popularity baseline looks back this far from the train cutoff
+    # The cold-user fallback is chosen on validation's cold users among all-time popularity and
+    # recent popularity over each of these windows (days before the train cutoff); [] leaves all time alone.
+    fallback_windows_days: list[Count] = field(default_factory=lambda: [7, 14, 30, 90])
 
 
 @dataclass(config=_SECTION)
 class EaseConf:
-    l2: Positive = 250.0
+    # Lambdas searched on validation (one Gram matrix for all); the best is refitted on train+validation.
+    l2_grid: Annotated[list[Positive], Field(min_length=1)] = field(
+        default_factory=lambda: [50.0, 100.0, 250.0, 500.0, 1000.0, 2000.0])
     # B (the Gram matrix, inverted in place) is dense on the driver: items^2 x 4 bytes.
     max_items: Count = 20_000
 

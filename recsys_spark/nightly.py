@@ -95,12 +95,12 @@ def stage_paths(job: str, args: tuple[str, ...], cfg: Config, run_date: str,
         return [t("events_clean"), *items_file], [*index, t("users"), t("items"), t("interactions")]
     if job == "split":
         return [t("interactions")], [t("split")]
-    if job in ("train_baselines", "train_als", "train_neural"):
+    if job in ("train_baselines", "train_ease", "train_als", "train_neural"):
         return [t("split"), *index, t("items")], trained
     if job == "evaluate":
         return [t("split"), io.eval_recs_root(wh), io.models_root(wh)], [io.metrics_dir(wh, run_date)]
     if job == "recommend":
-        return ([io.models_root(wh), t("interactions"), *index, t("items")],
+        return ([io.models_root(wh), t("interactions"), t("split"), *index, t("items")],
                 [io.recommendations_run_path(wh, run_date)])
     return [], []
 

@@ -82,7 +82,7 @@ def main() -> None:
     cfg = load_config(dataset=args.dataset, overrides=overrides)
     spark = build_spark(cfg, "bench_als")
 
-    stages = ["clean_events", "build_tables", "split", "train_baselines", "train_als"]
+    stages = ["clean_events", "build_tables", "split", "train_baselines", "train_ease", "train_als"]
     if args.dataset == "synthetic":
         stages.insert(0, "generate_events")
     timings = {}

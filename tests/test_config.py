@@ -133,13 +133,13 @@ def test_accepted_values_keep_their_types():
     cfg = load_config(overrides=[
         "neural.negative_sampling=popularity", "split.protocol=leave_last_n", "recommend.mmr_similarity=genres",
         "evaluation.primary_metric=hit_rate_at_20", "recommend.mmr_lambda=1", "spark.extra={spark.cores.max: 2}",
-        "ease.l2=100",
+        "ease.l2_grid=[100]",
     ])
     assert (cfg.neural.negative_sampling, cfg.split.protocol, cfg.recommend.mmr_similarity) == (
         "popularity", "leave_last_n", "genres")
     assert cfg.evaluation.primary_metric == "hit_rate_at_20"
     assert cfg.recommend.mmr_lambda == 1.0 and isinstance(cfg.recommend.mmr_lambda, float)
-    assert cfg.ease.l2 == 100.0 and isinstance(cfg.ease.l2, float)
+    assert cfg.ease.l2_grid == [100.0] and isinstance(cfg.ease.l2_grid[0], float)
     assert cfg.spark.extra == {"spark.cores.max": "2"}  # Spark properties are text
 
 
@@ -214,6 +214,11 @@ def test_the_defaults_comparison_sees_a_drift():
 
 
 # --------------------------------------------------------------------------- the generator's output
+
+
+def test_ease_l2_is_gone_and_names_its_grid():
+    with pytest.raises(ConfigError, match=r"ease\.l2'.*removed.*ease\.l2_grid"):
+        load_config(overrides=["ease.l2=100"])
 
 
 def test_synthetic_output_is_gone_and_says_where_to_write(tmp_path):

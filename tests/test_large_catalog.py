@@ -49,11 +49,11 @@ def test_the_generator_makes_a_catalog_past_the_ease_cap(spark, large):
 
 def test_ease_refuses_past_its_cap_and_past_a_lowered_driver_budget(large):
     with pytest.raises(MemoryBudgetError, match="above ease.max_items=20000"):
-        job("train_baselines").main(large["argv"] + ["--models", "ease"])
+        job("train_ease").main(large["argv"])
     # Cap raised, driver budget lowered: ~3 GiB of B against 60% of 1 GiB.
     with pytest.raises(MemoryBudgetError, match=r"EASE on \d+ items .* over its budget of 614.4 MiB"):
-        job("train_baselines").main(large["argv"] + ["--models", "ease", "--set", "ease.max_items=50000",
-                                                     "--set", "spark.driver_python_memory=1g"])
+        job("train_ease").main(large["argv"] + ["--set", "ease.max_items=50000",
+                                                "--set", "spark.driver_python_memory=1g"])
 
 
 def test_popularity_scores_and_serves_the_whole_catalog(spark, large):

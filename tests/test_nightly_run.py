@@ -116,6 +116,12 @@ def test_a_failing_model_is_recorded_and_the_night_publishes_the_others(nightly)
     latest = json.loads((wh / "recommendations" / "_latest.json").read_text())
     manifest = json.loads((wh / "recommendations" / f"run_date={latest['run_date']}" / "_manifest.json").read_text())
     assert manifest["model"] in {"popularity", "popularity_recent"}
+    # The cold-user fallback chosen on validation (a random split has no cold users: its warm users judge it),
+    # in the published manifest and, by name, in the night's run manifest.
+    fallback = manifest["fallback"]
+    assert fallback["judged_on"] == "warm_users_no_cold" and fallback["chosen"] in fallback["candidates"]
+    run = json.loads((wh / "runs" / "run_date=2017-08-01" / "manifest.json").read_text())
+    assert run["stages"]["recommend"]["report"]["fallback_model"] == fallback["chosen"]
     comparison = (wh / "metrics" / "run_date=2017-08-01" / "comparison.csv").read_text().splitlines()
     models = sorted(line.split(",")[0] for line in comparison[1:])
     assert models == ["popularity", "popularity_recent"]

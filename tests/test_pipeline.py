@@ -44,7 +44,8 @@ PLANTED = [
 def pipeline(spark, tmp_path_factory):
     argv, _, wh = synthetic_job_argv(tmp_path_factory.mktemp("pipeline"), PLANTED)
     run_data_stages(argv, reference_time="2026-03-02T00:00:00Z")
-    job("train_baselines").main(argv + ["--models", "popularity,ease"])
+    job("train_baselines").main(argv + ["--models", "popularity"])
+    job("train_ease").main(argv)
     als_report = job("train_als").main(argv)
     evaluation = job("evaluate").main(argv)
     metrics = {r["model"]: r["metrics"] for r in evaluation["results"]}
@@ -103,7 +104,18 @@ def test_cold_start_rows_are_counted_and_evaluated_separately(spark, pipeline):
     assert want.get("cold_user", 0) > 0 and want.get("warm", 0) > 0
     cold = pipeline["evaluation"]["cold_start"]
     assert {k: v["rows"] for k, v in cold["test_segments"].items()} == want
-    assert "ndcg_at_10" in cold["cold_user_metrics_popularity_recent"]
+    # The fallback was chosen on validation's cold users, the best of its candidates there.
+    fallback = cold["fallback"]
+    assert fallback["judged_on"] == folds.JUDGED_ON_COLD and fallback["fold"] == "validation"
+    assert set(fallback["candidates"]) == {"popularity", *(f"popularity_recent_{d}d" for d in (7, 14, 30, 90))}
+    assert fallback["candidates"][fallback["chosen"]] == max(fallback["candidates"].values())
+    on_test = cold["fallback_test"]["candidates"]
+    assert cold["cold_user_metrics_fallback"] == on_test[fallback["chosen"]]["metrics"]
+    assert on_test["popularity"]["metrics"]["users"] == want_users(test, "cold_user")
+
+
+def want_users(fold_rows, segment):
+    return fold_rows.where(F.col("segment") == segment).select("user_index").distinct().count()
 
 
 def test_metrics_files_and_comparison_table(pipeline):

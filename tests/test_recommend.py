@@ -376,7 +376,7 @@ def interactions_raw(spark, wh) -> pd.DataFrame:
 
 
 @pytest.mark.spark
-def test_cold_start_users_get_recent_popularity(spark, published_wh):
+def test_cold_start_users_get_the_fallback_chosen_on_validation(spark, published_wh):
     wh = published_wh
     recs = read_run(wh, DAY1)
     seen = interactions_raw(spark, wh)
@@ -388,8 +388,14 @@ def test_cold_start_users_get_recent_popularity(spark, published_wh):
     assert set(recs[recs.source == "popularity_fallback"].user_id) == cold
     assert set(recs[recs.source == "model"].user_id) == set(users.user_id) - cold
 
-    # Recent popularity: distinct users per item in the last 14 days of interactions.
-    since = seen.last_time.max() - pd.Timedelta(days=14)
+    # The fallback chosen on validation (all time or a window), fitted on every interaction: distinct
+    # users per item in the window's last days of interactions.
+    choice = manifest(wh, DAY1)["fallback"]
+    assert choice["chosen"] in choice["candidates"] and choice["fold"] == "validation"
+    assert choice["candidates"][choice["chosen"]] == max(choice["candidates"].values())
+    assert manifest(wh, DAY1)["fallback_model"] == choice["chosen"]
+    days = choice["recent_days"]
+    since = seen.last_time.min() if days is None else seen.last_time.max() - pd.Timedelta(days=days)
     pop = seen[seen.last_time >= since].groupby("item_id").user_id.nunique()
     catalog = io.read_table(spark, wh, ITEM_INDEX_TABLE).toPandas().item_id
     pop = pop.reindex(catalog, fill_value=0)
@@ -625,7 +631,7 @@ def test_ease_is_served_from_its_shipped_item_item_file(spark, base_wh, tmp_path
     from recsys_spark.models import artifacts
 
     wh = copy_wh(base_wh, tmp_path)
-    load_job("train_baselines").main(["--warehouse", wh, "--set", f"run_date={DAY1}", "--models", "ease"])
+    load_job("train_ease").main(["--warehouse", wh, "--set", f"run_date={DAY1}", "--set", "ease.l2_grid=[250.0]"])
     b = np.load(artifacts.item_item_path(wh, "ease"))
     n_items = io.read_table(spark, wh, ITEM_INDEX_TABLE).count()
     assert b.shape == (n_items, n_items) and b.dtype == np.float32 and not np.diag(b).any()

@@ -2,7 +2,9 @@
 fold with their training items, their top-K from a scorer, and the metrics.
 
 Model selection scores ``validation`` with models fitted on ``train``; the
-final model, refitted on train + validation, is scored on ``test``.
+final model, refitted on train + validation, is scored on ``test``. The
+cold-user fallback is chosen the same way, on validation's cold users
+(:func:`choose_fallback`), and reported on test's (:func:`cold_start_report`).
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from recsys_spark import io, split, tables
 from recsys_spark.scoring import blocked
 from recsys_spark.evaluate import ranking
 from recsys_spark.config import Config
-from recsys_spark.models import artifacts, baselines
+from recsys_spark.models import artifacts, baselines, fitted
 from recsys_spark.models.fitted import FittedModel
 from recsys_spark.schemas import EVAL_RECS, MODEL_COMPARISON, SEEN, SEGMENT, USER_INDEX
 
@@ -82,29 +84,105 @@ def finish(spark: SparkSession, cfg: Config, model: FittedModel, split_rows: Dat
                       metrics={"validation": validation}, extra=extra)
 
 
+# --------------------------------------------------------------------------- the cold-user fallback
+
+JUDGED_ON_COLD = "cold_users"
+JUDGED_ON_WARM = "warm_users_no_cold"
+JUDGED_ON_NOBODY = "no_users"  # the fold is empty: all time is kept
+
+
+def fallback_candidates(cfg: Config) -> list[tuple[str, int | None]]:
+    """The cold-user fallback's candidates, (name, window in days or None for all time), in tie-break order:
+    all-time popularity first, then recent popularity over each of ``popularity.fallback_windows_days``, shortest first."""
+    windows = sorted(set(cfg.popularity.fallback_windows_days))
+    return [(baselines.POPULARITY, None)] + [(f"{baselines.POPULARITY_RECENT}_{d}d", d) for d in windows]
+
+
+def fallback_users(split_rows: DataFrame, fold: str) -> tuple[DataFrame, DataFrame, str]:
+    """(users with ``seen``, their ``relevant`` items, the rule) the fallback is judged on in ``fold``.
+
+    The fold's cold users (no training rows), with an empty history, as serving
+    meets them. A fold without any (the random and leave-last-n splits keep every
+    user in train) judges the fallback on its warm users instead, as every model
+    is judged (their training items excluded): a popularity ranking is then
+    judged on the items each user had yet to meet. Judging them with an empty
+    history instead would reward the candidate that wastes fewest slots on items
+    the split put in the user's train fold, a property of the split, not of
+    newcomers.
+    """
+    cold = split.fold(split_rows, fold, segment="cold_user")
+    if cold.limit(1).count():
+        users = cold.select(USER_INDEX).distinct().withColumn(SEEN, F.lit(None).cast("array<int>"))
+        # Relevant items of cold users include items new after the cutoff: none can be recommended,
+        # and that is the truth about cold start.
+        return users, ranking.relevant_items(cold), JUDGED_ON_COLD
+    return fold_users(split_rows, fold), fold_relevant(split_rows, fold), JUDGED_ON_WARM
+
+
+def judge_fallbacks(split_rows: DataFrame, fold: str, n_items: int, cfg: Config) -> dict:
+    """Every fallback candidate's metrics on ``fold``'s cold users (:func:`fallback_users`), each fitted on the
+    rows the fold's models train on (train for validation, train + validation for test).
+
+    Returns:
+        ``{"fold", "judged_on", "candidates": {name: {"recent_days": days or None, "metrics": {...}}}}``.
+    """
+    spark = split_rows.sparkSession
+    candidates = fallback_candidates(cfg)
+    train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
+    pops = baselines.popularity_vectors(train, n_items, [days for _, days in candidates])
+    users, relevant, rule = fallback_users(split_rows, fold)
+    users, relevant = users.cache(), relevant.cache()  # read once per candidate
+    if relevant.limit(1).count() == 0:  # a fold with no held-out users at all: nothing to judge on
+        rule = JUDGED_ON_NOBODY
+    judged = {}
+    for (name, days), pop in zip(candidates, pops):
+        metrics = None
+        if rule != JUDGED_ON_NOBODY:
+            model = fitted.rank_one(spark, name, pop, params={"recent_days": days})
+            recs = score_fold(model.prepare_users(users), model.scorer, cfg)
+            metrics = ranking.ranking_metrics(recs, relevant, ks=cfg.evaluation.ks, n_items=n_items)
+        judged[name] = {"recent_days": days, "metrics": metrics}
+    users.unpersist()
+    relevant.unpersist()
+    return {"fold": fold, "judged_on": rule, "candidates": judged}
+
+
+def choose_fallback(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
+    """The cold-user fallback chosen on validation by ``evaluation.primary_metric`` (ties: the earlier
+    candidate of :func:`fallback_candidates`, all time first).
+
+    Returns:
+        ``{"chosen", "recent_days", "metric", "fold", "judged_on", "users", "candidates": {name: value}}``:
+        what serving fits (on every interaction) and what the run's manifest records.
+    """
+    primary = cfg.evaluation.primary_metric
+    judged = judge_fallbacks(split_rows, SELECTION_FOLD, n_items, cfg)
+    values = {name: (c["metrics"] or {}).get(primary) for name, c in judged["candidates"].items()}
+    chosen = max(values, key=lambda name: values[name] or 0.0)  # the first of equals
+    users = (next(iter(judged["candidates"].values()))["metrics"] or {}).get("users", 0)
+    return {"chosen": chosen, "recent_days": judged["candidates"][chosen]["recent_days"], "metric": primary,
+            "fold": SELECTION_FOLD, "judged_on": judged["judged_on"], "users": int(users), "candidates": values}
+
+
+def fit_fallback(spark: SparkSession, rows: DataFrame, n_items: int, choice: dict) -> FittedModel:
+    """The chosen fallback (:func:`choose_fallback`) fitted on ``rows`` (serving: every interaction)."""
+    return baselines.fit_popularity(spark, rows, n_items, name=choice["chosen"], recent_days=choice["recent_days"])
+
+
 def cold_start_report(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
-    """Counts of cold rows in test, and the recent-popularity fallback's metrics on cold users.
+    """Counts of cold rows in test; the fallback chosen on validation and every candidate on test's cold users.
 
     Cold users have no training history, so every model serves them the same
-    fallback; they are judged apart from the warm users the models are compared on.
+    fallback; they are judged apart from the warm users the models are compared
+    on (a test fold without cold users: its warm users, :func:`fallback_users`).
     """
     test = split.fold(split_rows, FINAL_FOLD)
     counts = {r[SEGMENT]: {"rows": r["rows"], "users": r["users"]} for r in test.groupBy(SEGMENT).agg(
         F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_INDEX).alias("users")).collect()}
-    report = {"test_segments": counts}
-    if counts.get("cold_user", {}).get("rows", 0) == 0:
-        return report
-    cold = split.fold(split_rows, FINAL_FOLD, segment="cold_user")
-    train = split.training_rows(split_rows, final=True)
-    fallback = baselines.fit_popularity(split_rows.sparkSession, train, n_items, name=baselines.POPULARITY_RECENT,
-                                        recent_days=cfg.popularity.recent_days)
-    users = fallback.prepare_users(cold.select(USER_INDEX).distinct().withColumn(SEEN, F.lit(None).cast("array<int>")))
-    recs = score_fold(users, fallback.scorer, cfg)
-    # Relevant items of cold users include items new after the cutoff: none can be recommended,
-    # and that is the truth about cold start.
-    report["cold_user_metrics_popularity_recent"] = ranking.ranking_metrics(
-        recs, ranking.relevant_items(cold), ks=cfg.evaluation.ks, n_items=n_items)
-    return report
+    choice = choose_fallback(split_rows, n_items, cfg)
+    on_test = judge_fallbacks(split_rows, FINAL_FOLD, n_items, cfg)
+    return {"test_segments": counts, "fallback": choice, "fallback_test": on_test,
+            "cold_user_metrics_fallback": on_test["candidates"][choice["chosen"]]["metrics"]}
 
 
 def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, models: list[str], *, n_items: int,

@@ -8,14 +8,17 @@
   a user's scores are their binary history times B. The training pairs are
   collected to the driver through Arrow; the Gram matrix X^T X is built there
   by sparse products and inverted in place in float32 (one items x items matrix
-  at peak: 1.6 GB at 20,000 items). The need is checked against the driver's
-  memory first (:mod:`recsys_spark.memory`), and catalogs above
-  ``ease.max_items`` are refused.
+  at peak: 1.6 GB at 20,000 items). A search over lambda (:func:`ease_grid`)
+  builds the Gram matrix once and inverts a copy of it per lambda (two such
+  matrices at peak, or one and a Gram matrix rebuilt per lambda when two do not
+  fit). The need is checked against the driver's memory first
+  (:mod:`recsys_spark.memory`), and catalogs above ``ease.max_items`` are refused.
 """
 from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from pyspark.sql import DataFrame
@@ -48,6 +51,23 @@ def popularity_vector(train: DataFrame, n_items: int, *, recent_days: int | None
     return popularity_scores(train, n_items=n_items, since=since)
 
 
+def popularity_vectors(train: DataFrame, n_items: int, windows_days: Sequence[int | None]) -> list[np.ndarray]:
+    """:func:`popularity_vector` for each window (None: all time) in one pass over ``train``."""
+    latest = train.agg(F.max(LAST_TIME)).first()[0]
+    counts = []
+    for i, days in enumerate(windows_days):
+        user = F.col(USER_INDEX)
+        if days is not None:
+            user = F.when(F.col(LAST_TIME) >= F.lit(latest - dt.timedelta(days=days)), user)
+        counts.append(F.countDistinct(user).alias(f"n{i}"))
+    rows = train.groupBy(ITEM_INDEX).agg(*counts).collect()
+    pops = [np.zeros(n_items, dtype=np.float32) for _ in windows_days]
+    for r in rows:
+        for i, pop in enumerate(pops):
+            pop[r[ITEM_INDEX]] = r[f"n{i}"]
+    return pops
+
+
 def interaction_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Distinct (user_index, item_index) pairs of ``train`` as two int32 arrays on the driver.
 
@@ -72,13 +92,13 @@ def interaction_pairs(train: DataFrame) -> tuple[np.ndarray, np.ndarray]:
 _GRAM_BLOCK_ENTRIES = 50_000_000
 
 
-def gram_matrix(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarray:
+def gram_matrix(users: np.ndarray, items: np.ndarray, n_items: int, *, out: np.ndarray | None = None) -> np.ndarray:
     """X^T X (float32, [n_items, n_items]) for the binary matrix with ones at (users, items).
 
     Sparse products of row blocks of X^T with X (scipy's CSR kernels: work is
     the sum of squared history lengths, not users x items^2), each block written
-    into one preallocated dense matrix. Counts are exact in float32 up to 2^24
-    users per item pair.
+    into one preallocated dense matrix (``out``, when given: every row is
+    overwritten). Counts are exact in float32 up to 2^24 users per item pair.
     """
     import scipy.sparse as sp
 
@@ -87,7 +107,7 @@ def gram_matrix(users: np.ndarray, items: np.ndarray, n_items: int) -> np.ndarra
     x.sum_duplicates()
     x.data[:] = 1.0
     xt = x.T.tocsr()
-    gram = np.zeros((n_items, n_items), dtype=np.float32)
+    gram = np.zeros((n_items, n_items), dtype=np.float32) if out is None else out
     block = max(1, _GRAM_BLOCK_ENTRIES // max(1, n_items))
     for start in range(0, n_items, block):
         gram[start : start + block] = (xt[start : start + block] @ x).toarray()
@@ -113,10 +133,11 @@ def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     # works in place on it. Its upper triangle is g's lower one.
     factor, info = lapack.spotrf(g.T, lower=0, clean=0, overwrite_a=1)
     if info != 0:
-        raise ValueError(f"EASE: G + {l2} I is not positive definite (spotrf info={info}); raise ease.l2")
+        raise ValueError(f"EASE: G + {l2} I is not positive definite (spotrf info={info}); "
+                         "raise the lambdas of ease.l2_grid")
     inverse, info = lapack.spotri(factor, lower=0, overwrite_c=1)
     if info != 0:
-        raise ValueError(f"EASE: inverting G + {l2} I failed (spotri info={info}); raise ease.l2")
+        raise ValueError(f"EASE: inverting G + {l2} I failed (spotri info={info}); raise the lambdas of ease.l2_grid")
     if not np.shares_memory(inverse, g):  # LAPACK could not work in place: take its copy
         g[...] = inverse.T
         del inverse
@@ -134,22 +155,25 @@ def ease_from_gram(gram: np.ndarray, l2: float) -> np.ndarray:
     return g
 
 
-def ease_memory_need(n_items: int, n_pairs: int) -> int:
-    """Bytes the driver holds for EASE: the dense items x items matrix, X and X^T (CSR), one block."""
-    dense = 4 * n_items * n_items
+def ease_memory_need(n_items: int, n_pairs: int, *, dense_copies: int = 1) -> int:
+    """Bytes the driver holds for EASE: ``dense_copies`` items x items matrices (a search keeps the
+    Gram matrix beside the one it inverts), X and X^T (CSR), one block."""
+    dense = 4 * n_items * n_items * dense_copies
     csr = 2 * (8 * n_pairs + 8 * n_items) + 16 * n_pairs  # X and X^T, plus the collected pair arrays
     block = 3 * 4 * min(n_items * n_items, _GRAM_BLOCK_ENTRIES)  # a sparse block and its dense copy, at worst
     return dense + csr + block
 
 
-def fit_ease(
-    train: DataFrame, n_items: int, *, l2: float, max_items: int, python_memory: int | None = None
-) -> np.ndarray:
-    """EASE's B ([n_items, n_items] float32) fitted on ``train``, within the driver's memory.
+_REMEDY = ("Lower ease.max_items to leave EASE out of catalogs this size, or run the driver "
+           "where more memory is free (spark.driver_python_memory caps this budget).")
+
+
+def _ease_budget(train: DataFrame, n_items: int, *, max_items: int, python_memory: int | None,
+                 copies: int) -> tuple[int, int]:
+    """Refuse EASE up front when it cannot fit; returns (training pairs, dense copies that fit: ``copies`` or 1).
 
     Raises:
-        MemoryBudgetError: the catalog is above ``ease.max_items``, or its
-            matrices would not fit the driver's memory (checked before anything is computed).
+        MemoryBudgetError: above ``ease.max_items``, or not even one dense matrix fits the driver.
     """
     if n_items > max_items:
         raise MemoryBudgetError(
@@ -157,21 +181,34 @@ def fit_ease(
             f"item x item matrix ({memory.format_size(4 * n_items * n_items)}) is held on the driver. "
             "Raise ease.max_items (the driver needs ~4 x items^2 bytes free), or leave EASE out for this catalog."
         )
-    spark = train.sparkSession
     n_pairs = train.count()
-    remedy = (
-        "Lower ease.max_items to leave EASE out of catalogs this size, or run the driver "
-        "where more memory is free (spark.driver_python_memory caps this budget)."
-    )
-    memory.require_python(
-        f"EASE on {n_items} items ({n_pairs} training pairs)", ease_memory_need(n_items, n_pairs),
-        remedy=remedy, cap=python_memory,
-    )
+    what = f"EASE on {n_items} items ({n_pairs} training pairs)"
+    if copies > 1:
+        try:
+            memory.require_python(what, ease_memory_need(n_items, n_pairs, dense_copies=copies), remedy=_REMEDY,
+                                  cap=python_memory)
+        except MemoryBudgetError:
+            copies = 1  # the search rebuilds the Gram matrix per lambda in the one matrix that fits
+    if copies == 1:
+        memory.require_python(what, ease_memory_need(n_items, n_pairs), remedy=_REMEDY, cap=python_memory)
     # The pairs cross the driver JVM as Arrow batches before reaching Python.
     memory.require_driver_jvm(
-        spark, f"collecting EASE's {n_pairs} training pairs", 12 * n_pairs,
+        train.sparkSession, f"collecting EASE's {n_pairs} training pairs", 12 * n_pairs,
         remedy="Raise spark.driver_memory, or lower ease.max_items to leave EASE out.",
     )
+    return n_pairs, copies
+
+
+def fit_ease(
+    train: DataFrame, n_items: int, *, l2: float, max_items: int, python_memory: int | None = None
+) -> np.ndarray:
+    """EASE's B ([n_items, n_items] float32) fitted on ``train`` with one lambda, within the driver's memory.
+
+    Raises:
+        MemoryBudgetError: the catalog is above ``ease.max_items``, or its
+            matrices would not fit the driver's memory (checked before anything is computed).
+    """
+    n_pairs, _ = _ease_budget(train, n_items, max_items=max_items, python_memory=python_memory, copies=1)
     started = time.perf_counter()
     users, items = interaction_pairs(train)
     collected = time.perf_counter()
@@ -182,6 +219,47 @@ def fit_ease(
     print(f"EASE: {n_items} items, {n_pairs} pairs: collected in {collected - started:.1f} s, "
           f"Gram matrix in {built - collected:.1f} s, inverse in {time.perf_counter() - built:.1f} s", flush=True)
     return b
+
+
+def ease_grid(
+    train: DataFrame, n_items: int, l2_grid: Sequence[float], *, max_items: int, python_memory: int | None = None
+) -> Iterator[tuple[float, np.ndarray, float]]:
+    """EASE's B for each lambda of ``l2_grid`` from one Gram matrix: yields (lambda, B, seconds).
+
+    The Gram matrix is built once and kept; each lambda inverts a copy of it
+    in one working matrix, which every B yielded shares: use (or ship) a B
+    before asking for the next. When the driver cannot hold both matrices,
+    the Gram matrix is rebuilt per lambda from the collected pairs in the one
+    matrix that fits (slower, never refused for the search alone).
+    ``seconds`` is the lambda's own time (the copy or rebuild, and the inverse).
+
+    Why copies and Cholesky rather than one eigendecomposition G = V diag(w) V^T
+    (then P = V diag(1 / (w + lambda)) V^T per lambda): the eigendecomposition
+    costs several Cholesky inverses up front and holds three matrices, and at the
+    grid's six lambdas it was no faster (docs/benchmarks.md, "Self-tuning").
+
+    Raises:
+        MemoryBudgetError: as :func:`fit_ease`, checked before anything is computed.
+    """
+    copies = 2 if len(l2_grid) > 1 else 1
+    n_pairs, copies = _ease_budget(train, n_items, max_items=max_items, python_memory=python_memory, copies=copies)
+    started = time.perf_counter()
+    users, items = interaction_pairs(train)
+    gram = gram_matrix(users, items, n_items)
+    keep = copies > 1
+    work = np.empty_like(gram) if keep else gram
+    if keep:
+        del users, items
+    print(f"EASE grid: {n_items} items, {n_pairs} pairs, {len(l2_grid)} lambdas: Gram matrix in "
+          f"{time.perf_counter() - started:.1f} s, {'kept' if keep else 'rebuilt per lambda (memory)'}", flush=True)
+    for i, l2 in enumerate(l2_grid):
+        t0 = time.perf_counter()
+        if keep:
+            np.copyto(work, gram)
+        elif i > 0:
+            gram_matrix(users, items, n_items, out=work)
+        b = ease_from_gram(work, l2)
+        yield float(l2), b, time.perf_counter() - t0
 
 
 # --------------------------------------------------------------------------- the baselines as fitted models
@@ -206,11 +284,3 @@ def fit_popularity_model(spark, name: str, train: DataFrame, *, n_items: int, cf
     if name == POPULARITY:
         return fit_popularity(spark, train, n_items)
     raise ValueError(f"the popularity family has no model '{name}' ({POPULARITY}, {POPULARITY_RECENT})")
-
-
-def fit_ease_model(spark, name: str, train: DataFrame, *, n_items: int, cfg: Config) -> FittedModel:
-    """EASE fitted on ``train`` with ``cfg.ease``'s settings."""
-    b = fit_ease(train, n_items, l2=cfg.ease.l2, max_items=cfg.ease.max_items,
-                 python_memory=cfg.spark.driver_python_memory_bytes)
-    # Written to a local file and shipped to executors: B is not kept on the driver.
-    return fitted.item_item(spark, name, matrix=b, params={"l2": cfg.ease.l2})

@@ -13,7 +13,7 @@ Two kinds of entry:
   FittedModel`` (``name``: the model to fit, one of the family's; ``rows``:
   training rows of the split), is called by ``jobs/train_baselines.py``, which
   judges it on validation, refits it on train + validation, scores test and
-  saves it; a family with its own search (ALS) names its own job instead.
+  saves it; a family with its own search (EASE's lambda, ALS's grid) names its own job instead.
 
 The night's model stages are the families in the order registered here, then
 the neural models (:func:`recsys_spark.pipeline.plan`). Targets are
@@ -114,7 +114,7 @@ def register_family(name: str, fit: str | None = None, *, models: tuple[str, ...
         name: the family (its stage is ``train_<name>``).
         fit: ``"module:function"``, see :class:`Family`.
         models: the models it trains; default: one, named as the family.
-        job: its own job instead of a fit (ALS: a grid search with its own job).
+        job: its own job instead of a fit (EASE, ALS: a search on validation with its own job).
         required: a failure of its stage ends the night with nothing published.
 
     Raises:
@@ -175,6 +175,6 @@ register("caser", "recsys_spark.models.caser:Caser")
 # The other families, in the order the night trains them (each line: a family -> its file's fit, or its job).
 register_family("popularity", "recsys_spark.models.baselines:fit_popularity_model",
                 models=("popularity", "popularity_recent"), required=True)
-register_family("ease", "recsys_spark.models.baselines:fit_ease_model")
+register_family("ease", job="train_ease")  # a lambda searched on validation: its own job
 register_family("als", job="train_als")
 register_family("markov", "recsys_spark.models.markov:fit_markov_model")

@@ -69,7 +69,8 @@ def candidates(
 
     Args:
         users: :func:`assign_sources` output.
-        model / fallback: the serving model and the cold-start fallback (recent popularity).
+        model / fallback: the serving model and the cold-start fallback (popularity, all time or a recent
+            window, chosen on validation: :func:`recsys_spark.evaluate.folds.choose_fallback`).
         n_items: today's catalog; items the model never saw score -inf.
         excluded: [n_items] bool, items never to recommend.
 

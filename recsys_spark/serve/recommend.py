@@ -15,7 +15,8 @@ from pyspark.sql import functions as F
 
 from recsys_spark import catalog, io, tables
 from recsys_spark.config import Config
-from recsys_spark.models import artifacts, baselines
+from recsys_spark.evaluate import folds
+from recsys_spark.models import artifacts
 from recsys_spark.schemas import (
     INTERACTIONS,
     ITEMS,
@@ -25,6 +26,7 @@ from recsys_spark.schemas import (
     RANK,
     SCORE,
     SOURCE,
+    SPLIT,
     USER_ID,
     USER_INDEX,
     USER_INDEX_TABLE,
@@ -109,8 +111,16 @@ def run(
         model_users=serving.user_factors, max_users=serving.max_users,
     ).cache()
 
-    fallback = baselines.fit_popularity(spark, interactions, n_items, name=baselines.POPULARITY_RECENT,
-                                        recent_days=cfg.popularity.recent_days)
+    # The cold-user fallback: chosen on validation's cold users (all time or a recent window), fitted on
+    # every interaction.
+    split_rows = io.read_table(spark, wh, SPLIT)
+    fallback_choice = folds.choose_fallback(split_rows, n_items, cfg)
+    inputs[SPLIT.name] = _table_version(spark, wh, SPLIT)
+    fallback = folds.fit_fallback(spark, interactions, n_items, fallback_choice)
+    print(f"recommend: cold-user fallback {fallback_choice['chosen']} "
+          f"({fallback_choice['metric']} on validation's {fallback_choice['judged_on']}: "
+          + ", ".join(f"{k} {v:.4f}" for k, v in fallback_choice["candidates"].items() if v is not None) + ")",
+          flush=True)
     mmr = conf.mmr_lambda is not None
     pool = min(n_items, conf.n * conf.mmr_pool_factor) if mmr else conf.n
     cands = candidates(users, serving, fallback, n_items=n_items, pool=pool, exclude_seen=conf.exclude_seen,
@@ -171,6 +181,8 @@ def run(
                 "explanations": ("item_item_contribution" if item_item is not None
                                  else "embedding_cosine" if unit is not None else None),
                 "mmr_similarity": similarity,
+                "fallback": fallback_choice,
+                "fallback_model": fallback_choice["chosen"],  # a scalar: the night's run manifest keeps it
             },
         )
     finally:

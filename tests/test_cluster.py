@@ -7,6 +7,7 @@ The refused client is ended at its first refusal (Spark would retry for 60 s).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -137,10 +138,13 @@ class _Refusal(threading.Thread):
         return "".join(self.lines)
 
 
-@pytest.fixture
-def cluster(tmp_path):
+@contextlib.contextmanager
+def local_cluster(run_dir: Path):
+    """A cluster's settings on free ports in ``run_dir`` (nothing started): ``env`` for
+    cluster.sh and submit.sh, ``sh(cmd)``, the master's URLs, and ``cleanup`` (client
+    processes to end). Leaving the block always stops it; if the script could not, its
+    daemons are ended by pid."""
     master_port, master_webui, worker_webui = _free_ports(3)
-    run_dir = tmp_path / "cluster"
     env = {k: v for k, v in os.environ.items()
            if k not in ("SPARK_MASTER", "RECSYS_SPARK_PROPERTIES", "_SPARK_AUTH_SECRET",
                         "PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON", "SPARK_CONF_DIR", "SPARK_HOME")}
@@ -155,8 +159,8 @@ def cluster(tmp_path):
         "spark.driver_memory=1g",
     ])
 
-    def sh(cmd: str, timeout: float = 150) -> subprocess.CompletedProcess:
-        return subprocess.run([str(CLUSTER_SH), cmd], env=env, cwd=REPO, capture_output=True,
+    def sh(cmd: str, timeout: float = 150, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(CLUSTER_SH), cmd], env={**env, **extra_env}, cwd=REPO, capture_output=True,
                               text=True, timeout=timeout)
 
     c = type("Cluster", (), {})()
@@ -164,19 +168,26 @@ def cluster(tmp_path):
     c.url = f"spark://127.0.0.1:{master_port}"
     c.json_url = f"http://127.0.0.1:{master_webui}/json/"
     c.cleanup = []  # client processes to end if the test fails half way
-    yield c
-    # Finalizer: always stop; if the script could not, end its daemons by pid.
-    for proc in c.cleanup:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    sh("stop")
-    for role in ("worker-supervisor", "worker", "master"):  # the supervisor first: it restarts the worker
-        pid_file = run_dir / f"{role}.pid"
-        if pid_file.exists():
-            pid = int(pid_file.read_text().strip() or 0)
-            if pid and str(run_dir) in _cmdline(pid):
-                os.kill(pid, 9)
+    try:
+        yield c
+    finally:
+        for proc in c.cleanup:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        sh("stop")
+        for role in ("worker-supervisor", "worker", "master"):  # the supervisor first: it restarts the worker
+            pid_file = run_dir / f"{role}.pid"
+            if pid_file.exists():
+                pid = int(pid_file.read_text().strip() or 0)
+                if pid and str(run_dir) in _cmdline(pid):
+                    os.kill(pid, 9)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    with local_cluster(tmp_path / "cluster") as c:
+        yield c
 
 
 def _pids(run_dir: Path) -> dict[str, int]:

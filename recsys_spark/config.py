@@ -248,6 +248,11 @@ class SyntheticConf:
     num_clusters: Count = 20
     # Probability that an event follows the user's taste rather than global popularity.
     taste_strength: Share = 0.8
+    # Probability that an event after a session's first is a planted successor
+    # of the previous event's item (a sparse first-order chain over items,
+    # mostly inside taste clusters) instead of a taste/popularity draw; 0: no
+    # sequential structure beyond taste.
+    sequential_share: Share = 0.5
     popularity_exponent: Positive = 1.1
     activity_exponent: Positive = 1.3
     dirty_share: Annotated[float, Strict(), Field(ge=0.0, lt=1.0)] = 0.02

@@ -1,4 +1,4 @@
-"""The synthetic generator: deterministic, heavy-tailed, with planted taste, drift, sessions and dirt."""
+"""The synthetic generator: deterministic, heavy-tailed, with planted taste, sequences, drift, sessions and dirt."""
 from __future__ import annotations
 
 import collections
@@ -201,6 +201,83 @@ def test_sessions(clean_events):
     within, between = np.array(within), np.array(between)
     assert within.min() >= 1000 and np.median(within) < 5 * 60_000  # seconds to minutes apart
     assert between.min() >= synthetic.SESSION_BREAK_MS
+
+
+def user_sequences(events) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Users, items and session ids of ``events`` (JSON records), by user then time."""
+    events = sorted(events, key=lambda r: (int(r["uid"][1:]), r["ts"]))
+    users = np.array([int(r["uid"][1:]) for r in events])
+    items = np.array([int(r["iid"][1:]) for r in events])
+    return users, items, np.array([r["sid"] for r in events])
+
+
+def successor_hits(model, users, items, sessions) -> tuple[float, float]:
+    """Share of consecutive in-session pairs (i, j) with j a planted successor of i,
+    and the same share with the i's shuffled (chance)."""
+    same = (users[1:] == users[:-1]) & (sessions[1:] == sessions[:-1])
+    prev, nxt = items[:-1][same], items[1:][same]
+    shuffled = np.random.default_rng(0).permutation(prev)
+    return ((model.item_successors[prev] == nxt[:, None]).any(axis=1).mean(),
+            (model.item_successors[shuffled] == nxt[:, None]).any(axis=1).mean())
+
+
+def test_planted_successors_follow_each_other_in_sessions(generated, clean_events):
+    cfg, _, _, _, _ = generated
+    model = synthetic.planted_model(cfg.synthetic)
+    succ = model.item_successors
+    assert succ.shape == (cfg.synthetic.num_items, synthetic.SUCCESSORS_PER_ITEM)
+    assert not (succ == np.arange(len(succ))[:, None]).any()  # never an item's own successor
+    assert (model.item_cluster[succ] == model.item_cluster[:, None]).mean() > 0.8  # mostly in its cluster
+    planted, chance = successor_hits(model, *user_sequences(clean_events))
+    # sequential_share 0.5 of later events follow the chain (less the successors
+    # not launched yet); 3 successors of 200 items give chance about 1.5%.
+    assert planted > 0.35 and chance < 0.1, (planted, chance)
+
+
+def test_a_first_order_chain_predicts_the_next_item_far_better_than_popularity(generated, clean_events):
+    """Each user's last event held out; transitions and popularity counted on the rest."""
+    cfg, _, _, _, _ = generated
+    n_items = cfg.synthetic.num_items
+    users, items, _ = user_sequences(clean_events)
+    last = np.r_[users[1:] != users[:-1], True]
+    first = np.r_[True, users[1:] != users[:-1]]
+    train = ~last
+    pair = train[:-1] & train[1:] & (users[1:] == users[:-1])
+    counts = np.zeros((n_items, n_items))
+    np.add.at(counts, (items[:-1][pair], items[1:][pair]), 1)
+    popularity = np.bincount(items[train], minlength=n_items) / train.sum()
+    held_out = np.flatnonzero(last & ~first)
+    truth = items[held_out]
+    k = 3
+    # The chain from the user's last training item, popularity breaking ties.
+    chain_top = np.argsort(-(counts[items[held_out - 1]] + 1e-3 * popularity), axis=1, kind="stable")[:, :k]
+    chain = (chain_top == truth[:, None]).any(axis=1).mean()
+    pop = np.isin(truth, np.argsort(-popularity, kind="stable")[:k]).mean()
+    # Taste alone gives the chain a small lead (1.3x with sequential_share=0 on this log).
+    assert len(held_out) > 200 and chain > 2 * pop, (chain, pop)
+
+
+def test_sequential_share_changes_only_later_items_in_sessions():
+    def block(share):
+        cfg = tiny_config(Path("unused"), "synthetic.dirty_share=0.0", f"synthetic.sequential_share={share}").synthetic
+        return cfg, [json.loads(v) for v in synthetic.generate_block(cfg, 0)["value"]]
+
+    cfg, without = block(0.0)
+    _, with_chain = block(0.5)
+    assert len(without) == len(with_chain)
+    for a, b in zip(without, with_chain):
+        assert {k: v for k, v in a.items() if k not in ("iid", "val")} == {
+            k: v for k, v in b.items() if k not in ("iid", "val")}
+    # Same users and times, so the same order: the logs differ in items alone.
+    users, items, sessions = user_sequences(without)
+    changed = items != user_sequences(with_chain)[1]
+    later = np.r_[False, (users[1:] == users[:-1]) & (sessions[1:] == sessions[:-1])]
+    assert not changed[~later].any()  # a session's first event keeps its draw
+    assert 0.3 < changed[later].mean() < 0.5  # half follow the chain, some by chance to the same item
+    # Without the chain, consecutive items are planted successors only by chance
+    # (a little above the shuffled chance: successors share their item's cluster).
+    planted, chance = successor_hits(synthetic.planted_model(cfg), users, items, sessions)
+    assert planted < 0.15 and chance < 0.1, (planted, chance)
 
 
 def test_bots_too_slow_for_the_threshold_are_refused(spark, tmp_path):

@@ -21,6 +21,10 @@ What is planted (docs/cleaning.md has the full model):
   span and get a novelty boost that decays, so later periods favour newer items;
 * sessions: a user's events come in sessions (ids ``<user>-s<k>``), events
   1 s to a few minutes apart, sessions of a user never overlap;
+* sequences: every item has ``SUCCESSORS_PER_ITEM`` planted successors (most
+  in its own cluster); with probability ``sequential_share`` an event after a
+  session's first takes a successor of the previous event's item (a sparse
+  first-order chain), else the taste/popularity draw above;
 * dirt: ``dirty_share`` of the rows are made dirty, in equal parts per kind
   (:data:`DIRTY_KINDS`), plus ``bot_users`` bots with ``bot_events_each``
   events each inside 90 seconds. Bots and dirt never touch the same rows.
@@ -82,6 +86,14 @@ LAUNCHED_AT_START_SHARE = 0.5  # the other items launch during the span
 NOVELTY_BOOST = 4.0  # a new item's popularity multiplier at launch ...
 NOVELTY_DECAY_SHARE = 1 / 8  # ... decaying with time constant span * this
 BOT_WINDOW_MS = 90_000  # every bot's events fall inside 90 seconds
+# The planted chain: each item's few likely next items, with these probabilities
+# (their order is random), mostly inside the item's own cluster, chosen by
+# popularity ** SUCCESSOR_POPULARITY_POWER (damped, so that the chain does not
+# only repeat global popularity, which a popularity baseline already knows).
+SUCCESSORS_PER_ITEM = 3
+SUCCESSOR_PROBS = (0.6, 0.3, 0.1)
+SUCCESSOR_IN_CLUSTER_SHARE = 0.9
+SUCCESSOR_POPULARITY_POWER = 0.5
 
 # Each dirty kind and the quarantine reason the cleaner must give it
 # (None: not quarantined; a re-sent line is counted as a duplicate).
@@ -101,7 +113,10 @@ _CORRUPTING_KINDS = [k for k in DIRTY_KINDS if k != "duplicate"]
 _BAD_TIMESTAMPS = ("not-a-timestamp", "2026-02-30T25:61:00Z", "13/01/2026 10:00:00", "")
 
 # Seed streams: every random draw comes from default_rng([seed, stream, ...]).
-_S_ITEMS, _S_USERS, _S_TASTE, _S_DIRT_PLAN, _S_BLOCK, _S_BOT = 1, 2, 3, 4, 100, 200
+# The chain has streams of its own (_S_SUCCESSORS for the table, _S_SEQUENCE per
+# block), so that sequential_share=0 writes exactly the log of a generator without it.
+_S_ITEMS, _S_USERS, _S_TASTE, _S_DIRT_PLAN, _S_SUCCESSORS = 1, 2, 3, 4, 5
+_S_BLOCK, _S_BOT, _S_SEQUENCE = 100, 200, 300
 
 
 # --------------------------------------------------------------------------- the plan
@@ -120,6 +135,8 @@ class PlantedModel:
             (user ``u`` has id ``u<u>``).
         user_clusters: ``(num_users, 3)`` taste clusters per user.
         user_cluster_weights: ``(num_users, 3)`` Dirichlet weights (0 for unused slots).
+        item_successors: ``(num_items, SUCCESSORS_PER_ITEM)`` planted next items of
+            each item; column ``k`` is taken with probability ``SUCCESSOR_PROBS[k]``.
         block_bounds: user range of each user block: ``[bounds[b], bounds[b+1])``.
         block_dirty: ``(num_user_blocks, len(DIRTY_KINDS))`` dirty rows per block and kind.
         num_clusters: number of taste clusters.
@@ -134,6 +151,7 @@ class PlantedModel:
     user_events: np.ndarray
     user_clusters: np.ndarray
     user_cluster_weights: np.ndarray
+    item_successors: np.ndarray
     block_bounds: np.ndarray
     block_dirty: np.ndarray
     num_clusters: int
@@ -190,6 +208,8 @@ def _planted_model(key: str) -> PlantedModel:
     weights = rng.gamma(1.0, 1.0, (n_users, MAX_TASTE_CLUSTERS)) * (np.arange(MAX_TASTE_CLUSTERS) < k[:, None])
     user_cluster_weights = weights / weights.sum(axis=1, keepdims=True)
 
+    item_successors = _plant_successors(np.random.default_rng([seed, _S_SUCCESSORS]), item_cluster, item_popularity)
+
     # Blocks: contiguous user ranges with about equal event counts.
     n_blocks = max(min(MIN_BLOCKS, n_users), math.ceil(conf.num_events / EVENTS_PER_BLOCK))
     cum = np.cumsum(user_events)
@@ -211,6 +231,7 @@ def _planted_model(key: str) -> PlantedModel:
         user_events=user_events,
         user_clusters=user_clusters,
         user_cluster_weights=user_cluster_weights,
+        item_successors=item_successors,
         block_bounds=block_bounds,
         block_dirty=block_dirty.astype(np.int64),
         num_clusters=n_clusters,
@@ -218,6 +239,50 @@ def _planted_model(key: str) -> PlantedModel:
         span_ms=conf.days * 86_400_000,
         start_ms=int(start.timestamp() * 1000),
     )
+
+
+def _plant_successors(rng: np.random.Generator, item_cluster: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """``(num_items, SUCCESSORS_PER_ITEM)`` next items per item, vectorised over items.
+
+    Each slot is, with probability ``SUCCESSOR_IN_CLUSTER_SHARE``, drawn from the
+    item's own cluster, else from all items, by ``popularity **
+    SUCCESSOR_POPULARITY_POWER`` (one ``searchsorted`` over items sorted by
+    cluster, as in :func:`_draw_items`). An item is never its own successor
+    (it moves to the next item in its range), and a repeat within a row is
+    redrawn a few times; a repeat left after that (likely only in clusters of
+    a handful of items) just merges two slots' probabilities.
+    """
+    n_items, k = len(item_cluster), SUCCESSORS_PER_ITEM
+    item_order = np.argsort(item_cluster, kind="stable")
+    starts = np.searchsorted(item_cluster[item_order], np.arange(item_cluster.max() + 2))
+    cum0 = np.concatenate([[0.0], np.cumsum(popularity[item_order] ** SUCCESSOR_POPULARITY_POWER)])
+    source = np.repeat(np.arange(n_items), k)
+    c = item_cluster[source]
+    lo, hi = starts[c], starts[c + 1]
+    local = (rng.random(len(source)) < SUCCESSOR_IN_CLUSTER_SHARE) & (hi - lo > 1)
+    lo, hi = np.where(local, lo, 0), np.where(local, hi, n_items)
+
+    def draw(rows: np.ndarray) -> np.ndarray:
+        a, b = cum0[lo[rows]], cum0[hi[rows]]
+        pos = np.searchsorted(cum0, a + rng.random(len(rows)) * (b - a), side="right") - 1
+        pos = np.clip(pos, lo[rows], hi[rows] - 1)
+        succ = item_order[pos]
+        # Not the item itself: the next one in its range instead (cyclically).
+        own = succ == source[rows]
+        nxt = np.where(pos + 1 < hi[rows], pos + 1, lo[rows])
+        return np.where(own & (hi[rows] - lo[rows] > 1), item_order[nxt], succ)
+
+    flat = draw(np.arange(len(source)))
+    for _ in range(4):
+        table = flat.reshape(n_items, k)
+        repeat = np.zeros_like(table, dtype=bool)
+        for j in range(1, k):
+            repeat[:, j] = (table[:, :j] == table[:, j : j + 1]).any(axis=1)
+        rows = np.flatnonzero(repeat.ravel())
+        if len(rows) == 0:
+            break
+        flat[rows] = draw(rows)
+    return flat.reshape(n_items, k)
 
 
 def _check_conf(conf: SyntheticConf) -> None:
@@ -229,8 +294,9 @@ def _check_conf(conf: SyntheticConf) -> None:
             f"synthetic.num_events={conf.num_events} exceeds {MAX_EVENTS_PER_USER_DAY} events per user "
             f"per day: raise synthetic.num_users or synthetic.days"
         )
-    if not 0.0 <= conf.taste_strength <= 1.0:
-        raise ValueError("synthetic.taste_strength must be in [0, 1]")
+    for name in ("taste_strength", "sequential_share"):
+        if not 0.0 <= getattr(conf, name) <= 1.0:
+            raise ValueError(f"synthetic.{name} must be in [0, 1], got {getattr(conf, name)}")
     if conf.activity_exponent <= 0 or conf.popularity_exponent <= 0:
         raise ValueError("synthetic.activity_exponent and popularity_exponent must be positive")
 
@@ -378,6 +444,10 @@ def _user_block(conf: SyntheticConf, model: PlantedModel, block: int) -> pd.Data
     slot = np.minimum((slot_u[:, None] > np.cumsum(w, axis=1)).sum(axis=1), MAX_TASTE_CLUSTERS - 1)
     cluster = model.user_clusters[user, slot]
     item = _draw_items(model, period, np.where(taste, cluster, -1), rng.random(n))
+    if conf.sequential_share > 0:
+        pos_in_session = np.arange(n) - np.repeat(np.flatnonzero(new_session), session_size)
+        seq_rng = np.random.default_rng([conf.seed, _S_SEQUENCE, block])
+        item = _follow_successors(model, item, period, pos_in_session, conf.sequential_share, seq_rng)
 
     etype = rng.choice(len(EVENT_TYPES), n, p=EVENT_TYPE_PROBS)
     in_taste = ((model.user_clusters[user] == model.item_cluster[item][:, None]) & (w > 0)).any(axis=1)
@@ -420,6 +490,40 @@ def _user_block(conf: SyntheticConf, model: PlantedModel, block: int) -> pd.Data
     date = np.concatenate([date, date[dup]])
     ordv = np.concatenate([ordv, ordv[dup] + 1])
     return pd.DataFrame({"date": date, "value": lines, "ord": ordv})
+
+
+def _follow_successors(
+    model: PlantedModel,
+    item: np.ndarray,
+    period: np.ndarray,
+    pos_in_session: np.ndarray,
+    share: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``item`` with each later event of a session, with probability ``share``,
+    replaced by a planted successor of the event before it.
+
+    Events are in session order (a session is a contiguous run, in time order).
+    A successor follows the *final* item of the previous event, so chains run
+    on; hence one vectorised step per position in the session (a few dozen at
+    most: sessions are geometric with mean MEAN_SESSION_EVENTS), each over all
+    sessions that long. A successor not launched yet in the event's period
+    leaves the event's own draw in place.
+    """
+    item = item.copy()
+    n = len(item)
+    follows = (rng.random(n) < share) & (pos_in_session > 0)
+    slot = np.minimum(np.searchsorted(np.cumsum(SUCCESSOR_PROBS), rng.random(n), side="right"),
+                      SUCCESSORS_PER_ITEM - 1)
+    idx = np.flatnonzero(follows)
+    idx = idx[np.argsort(pos_in_session[idx], kind="stable")]
+    bounds = np.searchsorted(pos_in_session[idx], np.arange(1, int(pos_in_session.max(initial=0)) + 2))
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        at = idx[a:b]
+        succ = model.item_successors[item[at - 1], slot[at]]
+        live = model.item_launch_period[succ] <= period[at]
+        item[at[live]] = succ[live]
+    return item
 
 
 def _draw_items(model: PlantedModel, period: np.ndarray, cluster: np.ndarray, u: np.ndarray) -> np.ndarray:

@@ -69,6 +69,18 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tiny tensors: intra-op threads only add overhead
+    (10x on a busy 2-core machine); the count before is restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def ml100k_dir() -> Path:
     if not (ML100K / "ratings.csv").exists():

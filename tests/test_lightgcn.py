@@ -18,17 +18,14 @@ from recsys_spark.models.lightgcn import LightGCN, normalized_adjacency, propaga
 from recsys_spark.train import local_metrics, loop
 from tests.test_trainer import N_ITEMS, N_USERS, counts_of, pair_tensors, planted, validation_of
 
+# Tiny tensors: one torch thread for the module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # 3 users x 3 items; (0, 0) twice: one edge. Degrees: users 2, 1, 2; items 1, 3, 1.
 USERS = np.array([0, 0, 0, 1, 2, 2])
 ITEMS = np.array([0, 0, 1, 1, 1, 2])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_symmetric_normalisation_of_a_hand_graph():

@@ -21,6 +21,9 @@ from recsys_spark.models import registry
 from recsys_spark.models.base import TrainContext
 from recsys_spark.scoring.torch_model import TorchModelScorer, model_from_bytes, padded_histories, state_dict_bytes
 
+# Tiny tensors: one torch thread for the module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 N_CLUSTERS, USERS_PER_CLUSTER, ITEMS_PER_CLUSTER, TRAIN_PER_USER = 2, 24, 12, 7
 N_USERS, N_ITEMS = N_CLUSTERS * USERS_PER_CLUSTER, N_CLUSTERS * ITEMS_PER_CLUSTER
@@ -44,14 +47,6 @@ MODELS = registry.names()
 DOT_MODELS = [n for n in MODELS if registry.get(n).dot_product]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The tensors here are tiny: intra-op threads only add overhead (10x on a
-    busy 2-core machine), so one thread for this module, restored after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _planted_data():

@@ -16,6 +16,9 @@ from recsys_spark.models import registry
 from recsys_spark.models.base import TrainContext
 from recsys_spark.models.sequence import real_lengths, recent, training_window, window
 
+# Tiny tensors: one torch thread for the module (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 SEQUENCE_MODELS = ["gru4rec", "sasrec", "caser"]
 N_ITEMS, N_USERS, PAD = 20, 60, 20
 # Small and quick; the windows shorter than the longest histories (12 items) on purpose.
@@ -26,12 +29,6 @@ SMALL = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def padded(rows: list[list[int]], width: int | None = None, pad: int = PAD) -> tuple[torch.Tensor, torch.Tensor]:

@@ -90,6 +90,13 @@ class RecModel(torch.nn.Module):
         raise NotImplementedError
 
 
+def multi_hot(history: torch.Tensor, n_items: int) -> torch.Tensor:
+    """Binary [B, n_items] from a history [B, L] padded with ``n_items`` (the pad column is dropped)."""
+    x = torch.zeros(history.shape[0], n_items + 1, device=history.device)
+    x.scatter_(1, history, 1.0)
+    return x[:, :n_items]
+
+
 def state_dict_bytes(state: "dict[str, torch.Tensor] | torch.nn.Module") -> bytes:
     """A state dict (or a module's) as ``torch.save`` bytes, tensors on the CPU: what
     ``model.pt``, the trainer's results and the scorers' broadcasts carry."""

@@ -38,15 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_spark.models.base import RecModel, TrainContext
-from recsys_spark.models.sequence import recent
+from recsys_spark.models.base import TrainContext
+from recsys_spark.models.sequence import SequenceModel, recent
 
 
-class Caser(RecModel):
+class Caser(SequenceModel):
     name: ClassVar[str] = "caser"
-    input_kind: ClassVar[str] = "histories"
-    needs_history: ClassVar[bool] = True
-    dot_product: ClassVar[bool] = True
     default_params: ClassVar[dict[str, Any]] = {
         "embedding_dim": 64,  # item and user embedding size d (the paper: 50)
         "L": 5,  # items before a position the convolutions read (the paper: 5 on MovieLens)
@@ -125,12 +122,7 @@ class Caser(RecModel):
         """[n_items, 2d + 1]: ``[W2[i]; b2[i]]``."""
         return torch.cat([self.output_weight, self.output_bias[:, None]], dim=1)
 
-    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
-        return self.user_vectors(user_index, history, history_len) @ self.item_vectors().T
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores [B, n_items] of the batch's users (dropout follows train/eval mode)."""
-        return self.score_users(batch["user_index"], batch["history"], batch["history_len"])
 
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
         rows, windows, targets = self.windows_of(batch["history"])

@@ -39,15 +39,12 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from recsys_spark.models.base import RecModel, TrainContext
-from recsys_spark.models.sequence import next_item_loss, real_lengths, recent, training_window
+from recsys_spark.models.sequence import SequenceModel, real_lengths, recent
 
 
-class GRU4Rec(RecModel):
+class GRU4Rec(SequenceModel):
     name: ClassVar[str] = "gru4rec"
-    input_kind: ClassVar[str] = "histories"
-    needs_history: ClassVar[bool] = True
-    dot_product: ClassVar[bool] = True
+    window_right_aligned: ClassVar[bool] = False  # the GRU runs from its first real item
     default_params: ClassVar[dict[str, Any]] = {
         "embedding_dim": 64,  # item embedding size, and the size of the user and item vectors
         "hidden_dim": 128,  # GRU units per layer (the paper: 100 to 1000)
@@ -106,18 +103,8 @@ class GRU4Rec(RecModel):
         table = self.output_embedding if self.output_embedding is not None else self.item_embedding
         return table.weight[: self.n_items]
 
-    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
-        return self.user_vectors(user_index, history, history_len) @ self.item_vectors().T
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores [B, n_items] of the batch's users (dropout follows train/eval mode)."""
-        return self.score_users(batch["user_index"], batch["history"], batch["history_len"])
 
-    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
-        seq = training_window(batch["history"], self.max_length + 1, self.n_items, right_aligned=False,
-                              random_end=self.training and bool(self.params["random_windows"]))
-        inputs, targets = seq[:, :-1], seq[:, 1:]
-        return next_item_loss(self.encode(inputs), inputs, targets, self.item_vectors(), self.n_items)
 
 
 __all__ = ["GRU4Rec"]

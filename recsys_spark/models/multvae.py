@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_spark.models.base import RecModel, TrainContext
+from recsys_spark.models.base import RecModel, TrainContext, multi_hot
 
 
 class MultVAE(RecModel):
@@ -63,10 +63,7 @@ class MultVAE(RecModel):
     # ------------------------------------------------------------------ pieces
 
     def multi_hot(self, history: torch.Tensor) -> torch.Tensor:
-        """Binary [B, n_items] from a history padded with ``n_items`` (the pad column is dropped)."""
-        x = torch.zeros(history.shape[0], self.n_items + 1, device=history.device)
-        x.scatter_(1, history, 1.0)
-        return x[:, : self.n_items]
+        return multi_hot(history, self.n_items)
 
     def encode(self, x: torch.Tensor, *, dropout: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and log-variance of q(z | x) for binary histories ``x``.

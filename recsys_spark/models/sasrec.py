@@ -40,8 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsys_spark.models.base import RecModel, TrainContext
-from recsys_spark.models.sequence import next_item_loss, recent, training_window
+from recsys_spark.models.sequence import SequenceModel, recent
 
 
 class _Block(nn.Module):
@@ -67,11 +66,8 @@ class _Block(nn.Module):
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
 
-class SASRec(RecModel):
+class SASRec(SequenceModel):
     name: ClassVar[str] = "sasrec"
-    input_kind: ClassVar[str] = "histories"
-    needs_history: ClassVar[bool] = True
-    dot_product: ClassVar[bool] = True
     default_params: ClassVar[dict[str, Any]] = {
         "embedding_dim": 64,  # item and position embedding size (the paper: 50)
         "max_length": 50,  # most recent items attended to (the paper: 50 on sparse data, 200 on MovieLens-1M)
@@ -133,18 +129,8 @@ class SASRec(RecModel):
         """[n_items, d]: the item embeddings (shared by input and output)."""
         return self.item_embedding.weight[: self.n_items]
 
-    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
-        return self.user_vectors(user_index, history, history_len) @ self.item_vectors().T
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Scores [B, n_items] of the batch's users (dropout follows train/eval mode)."""
-        return self.score_users(batch["user_index"], batch["history"], batch["history_len"])
 
-    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
-        seq = training_window(batch["history"], self.max_length + 1, self.n_items, right_aligned=True,
-                              random_end=self.training and bool(self.params["random_windows"]))
-        inputs, targets = seq[:, :-1], seq[:, 1:]
-        return next_item_loss(self.encode(inputs), inputs, targets, self.item_vectors(), self.n_items)
 
 
 __all__ = ["SASRec"]

@@ -16,8 +16,12 @@ the width of the history tensor never changes a window.
 """
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
+
+from recsys_spark.models.base import RecModel, TrainContext
 
 
 def real_lengths(history: torch.Tensor, pad: int) -> torch.Tensor:
@@ -91,3 +95,30 @@ def next_item_loss(hidden: torch.Tensor, inputs: torch.Tensor, targets: torch.Te
 
 
 __all__ = ["next_item_loss", "real_lengths", "recent", "training_window", "window"]
+
+
+class SequenceModel(RecModel):
+    """What the three models share as models: a user vector read from the history, dotted with
+    the item vectors (serving uses the vectors), and, for the models that encode a whole
+    window at once (GRU4Rec, SASRec: ``encode(items) -> [B, T, d]``), the next-item loss at
+    every real position of one window of the history (``window_right_aligned`` says how the
+    model wants it; ``max_length``, ``params["random_windows"]``)."""
+
+    input_kind: ClassVar[str] = "histories"
+    needs_history: ClassVar[bool] = True
+    dot_product: ClassVar[bool] = True
+    window_right_aligned: ClassVar[bool] = True
+
+    def score_users(self, user_index: torch.Tensor, history: torch.Tensor, history_len: torch.Tensor) -> torch.Tensor:
+        return self.user_vectors(user_index, history, history_len) @ self.item_vectors().T
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scores [B, n_items] of the batch's users (dropout follows train/eval mode)."""
+        return self.score_users(batch["user_index"], batch["history"], batch["history_len"])
+
+    def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
+        seq = training_window(batch["history"], self.max_length + 1, self.n_items,
+                              right_aligned=self.window_right_aligned,
+                              random_end=self.training and bool(self.params["random_windows"]))
+        inputs, targets = seq[:, :-1], seq[:, 1:]
+        return next_item_loss(self.encode(inputs), inputs, targets, self.item_vectors(), self.n_items)

@@ -120,7 +120,9 @@ def test_the_job_rerun_after_a_crash_resumes_from_the_last_checkpoint(spark, tmp
     from recsys_spark.models import registry
 
     wh = _planted_copy(planted_template, tmp_path)
-    sets = ["neural.num_processes=1", "neural.epochs=3", "neural.patience=10", "neural.batch_size=64",
+    # NeuMF's own trainer defaults (neural.per_model.neumf) come over neural.*: set them there.
+    sets = ["neural.num_processes=1", "neural.per_model.neumf.epochs=3", "neural.per_model.neumf.patience=10",
+            "neural.batch_size=64",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
             f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS,
             "neural.search.trials=1"]  # a search's trials keep no checkpoint: resuming is the configured fit's
@@ -175,7 +177,8 @@ def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, t
     wh = _planted_copy(planted_template, tmp_path)
     # A 3-trial settings search through the job's own path (materialised shards, the worker,
     # the loop), then the refit with the chosen settings: what is saved is what was chosen.
-    sets = ["neural.num_processes=1", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
+    sets = ["neural.num_processes=1", "neural.per_model.neumf.epochs=2", "neural.batch_size=64",
+            "neural.learning_rate=0.01",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",
             f"neural.checkpoint_dir={tmp_path / 'ck'}", NEUMF_PARAMS, "neural.search.trials=3",
             "neural.search.space={neumf: {embedding_dim: {choices: [4, 8]}, negatives_per_positive: {choices: [2, 4]}}}"]

@@ -121,7 +121,7 @@ def want_users(fold_rows, segment):
 def test_metrics_files_and_comparison_table(pipeline):
     out = Path(pipeline["evaluation"]["metrics_dir"])
     assert out.name == "run_date=2026-03-02"
-    saved_als = json.loads((out / "als.json").read_text())
+    saved_als, saved_ease = (json.loads((out / f"{m}.json").read_text()) for m in ("als", "ease"))
     for model in ("als", "popularity", "ease"):
         saved = json.loads((out / f"{model}.json").read_text())
         assert saved["metrics"] == pipeline["metrics"][model]
@@ -132,3 +132,5 @@ def test_metrics_files_and_comparison_table(pipeline):
     # What ALS's grid chose on validation is in its row (the search's chosen settings).
     als_row = next(line for line in markdown.splitlines() if line.startswith("| als |"))
     assert f"rank={saved_als['params']['rank']}" in als_row and "trials)" in als_row, als_row
+    ease_row = next(line for line in markdown.splitlines() if line.startswith("| ease |"))
+    assert f"l2={saved_ease['params']['l2']:.3g}" in ease_row and "trials)" in ease_row, ease_row

@@ -56,7 +56,10 @@ def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, *, n_users: i
     final = fitted.item_item(spark, MODEL, matrix=b, params={"l2": chosen["l2"]})
     del b
     extra = {"l2_grid": list(conf.l2_grid), "grid": [{k: v for k, v in g.items() if k != "metrics"} for g in grid],
-             "search_seconds": round(search_seconds, 1)}
+             "search_seconds": round(search_seconds, 1),
+             # The same shape as every searched model's (the comparison shows it).
+             "search": {"chosen": {"l2": chosen["l2"]},
+                        "trials": [{"values": {"l2": g["l2"]}, "best_metric": g[primary]} for g in grid]}}
     folds.finish(spark, cfg, final, split_rows, n_users=n_users, n_items=n_items, validation=chosen["metrics"],
                  extra={**extra, "refit_seconds": round(time.time() - started, 1)})
     final.release()

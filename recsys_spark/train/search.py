@@ -30,6 +30,7 @@ few lines here; ``docs/architecture.md`` says more.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import time
 from collections.abc import Callable
@@ -93,17 +94,11 @@ def plan_for(cfg, name: str, cls, params: dict[str, Any]) -> SearchPlan | None:
             raise UserError(
                 f"neural.search.space.{name}.{key}: '{key}' is neither a hyperparameter of model '{name}' "
                 f"({', '.join(sorted(cls.default_params))}) nor a trainer setting ({', '.join(TRAINER_KEYS)})")
-        space[key] = _including(_as_dict(dim), value)
+        space[key] = _including(dataclasses.asdict(dim), value)
         configured[key] = value
     return SearchPlan(model=name, trials=sc.trials, minutes=sc.minutes, startup_trials=sc.startup_trials,
                       warmup_epochs=sc.warmup_epochs, seed=cfg.neural.seed, space=space, configured=configured,
                       model_keys=model_keys)
-
-
-def _as_dict(dim) -> dict[str, Any]:
-    if isinstance(dim, dict):
-        return dict(dim)
-    return {k: getattr(dim, k) for k in ("choices", "low", "high", "log", "integer")}
 
 
 def _including(dim: dict[str, Any], value: Any) -> dict[str, Any]:

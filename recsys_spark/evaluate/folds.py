@@ -8,6 +8,8 @@ cold-user fallback is chosen the same way, on validation's cold users
 """
 from __future__ import annotations
 
+import functools
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -21,6 +23,7 @@ from recsys_spark.schemas import EVAL_RECS, MODEL_COMPARISON, SEEN, SEGMENT, USE
 
 FINAL_FOLD = "test"
 SELECTION_FOLD = "validation"
+CANDIDATE = "candidate"  # the column telling rankings apart when several are judged at once
 
 
 def fold_users(split_rows: DataFrame, fold: str) -> DataFrame:
@@ -134,14 +137,16 @@ def judge_fallbacks(split_rows: DataFrame, fold: str, n_items: int, cfg: Config)
     users, relevant = users.cache(), relevant.cache()  # read once per candidate
     if relevant.limit(1).count() == 0:  # a fold with no held-out users at all: nothing to judge on
         rule = JUDGED_ON_NOBODY
-    judged = {}
-    for (name, days), pop in zip(candidates, pops):
-        metrics = None
-        if rule != JUDGED_ON_NOBODY:
+    metrics = {}
+    if rule != JUDGED_ON_NOBODY:  # every candidate's top-K, judged in one pass (ranking_metrics_by)
+        recs = []
+        for (name, days), pop in zip(candidates, pops):
             model = fitted.rank_one(spark, name, pop, params={"recent_days": days})
-            recs = score_fold(model.prepare_users(users), model.scorer, cfg)
-            metrics = ranking.ranking_metrics(recs, relevant, ks=cfg.evaluation.ks, n_items=n_items)
-        judged[name] = {"recent_days": days, "metrics": metrics}
+            recs.append(score_fold(model.prepare_users(users), model.scorer, cfg).withColumn(CANDIDATE, F.lit(name)))
+        metrics = ranking.ranking_metrics_by(functools.reduce(DataFrame.unionByName, recs), relevant, by=CANDIDATE,
+                                             keys=[name for name, _ in candidates], ks=cfg.evaluation.ks,
+                                             n_items=n_items)
+    judged = {name: {"recent_days": days, "metrics": metrics.get(name)} for name, days in candidates}
     users.unpersist()
     relevant.unpersist()
     return {"fold": fold, "judged_on": rule, "candidates": judged}
@@ -188,12 +193,20 @@ def cold_start_report(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
 def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, models: list[str], *, n_items: int,
                  run_date: str, protocol: dict) -> list[dict]:
     """Each model's test-fold metrics from its ``eval_recs``, with its validation metrics and parameters."""
+    if not models:
+        return []
+    recs = functools.reduce(DataFrame.unionByName, [
+        read_eval_recs(spark, cfg.warehouse, model, FINAL_FOLD).withColumn(CANDIDATE, F.lit(model)) for model in models])
+    # Every model in one pass (ranking_metrics_by), against the same fold and popularity.
+    train = split.training_rows(split_rows, final=True)
+    metrics = ranking.ranking_metrics_by(recs, fold_relevant(split_rows, FINAL_FOLD), by=CANDIDATE, keys=models,
+                                         ks=cfg.evaluation.ks, n_items=n_items,
+                                         item_popularity=ranking.catalog_popularity(train, n_items))
     results = []
     for model in models:
-        recs = read_eval_recs(spark, cfg.warehouse, model, FINAL_FOLD)
         meta = artifacts.load_metadata(spark, cfg.warehouse, model)
         results.append({"model": model, "run_date": run_date, "fold": FINAL_FOLD, "split": protocol,
-                        "metrics": fold_metrics(split_rows, recs, FINAL_FOLD, n_items, cfg),
+                        "metrics": metrics[model],
                         "validation_metrics": meta.get("metrics", {}).get("validation", {}),
                         "params": meta.get("params", {}), "selected": selected_settings(meta)})
     return results

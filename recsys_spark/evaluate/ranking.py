@@ -60,40 +60,79 @@ def ranking_metrics(
         (and popularity_percentile), plus ``mrr`` (over the top max(ks)) and ``users``.
     """
     io.require_columns(recs, [USER_INDEX, ITEM_INDEX, RANK], "recommendations")
+    return ranking_metrics_by(recs.withColumn(_ONE, F.lit(_ONE)), relevant, by=_ONE, keys=[_ONE], ks=ks,
+                              n_items=n_items, item_popularity=item_popularity)[_ONE]
+
+
+_ONE = "_ranking"  # the one key of ranking_metrics' single ranking
+
+
+def ranking_metrics_by(
+    recs: DataFrame,
+    relevant: DataFrame,
+    *,
+    by: str,
+    keys: Sequence[str],
+    ks: Sequence[int],
+    n_items: int,
+    item_popularity: DataFrame | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`ranking_metrics` of several rankings of the same users at once, ``{key: metrics}``.
+
+    ``recs`` holds every ranking, told apart by its string column ``by``; each
+    of ``keys`` is judged against all of ``relevant`` (a key with no rows in
+    ``recs`` counts as all misses). One pass over the data for all of them:
+    on small folds Spark's cost is per stage, not per row, and the fallback's
+    candidates or a night's models, judged one by one, paid it once each
+    (about 2 s a ranking on 2 cores, whatever its size).
+
+    Raises:
+        ValueError: ``relevant`` has no users.
+    """
+    io.require_columns(recs, [by, USER_INDEX, ITEM_INDEX, RANK], "recommendations")
     io.require_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
     ks = sorted(set(int(k) for k in ks))
     max_k = ks[-1]
     recs = recs.where(F.col(RANK) <= max_k)
+    spark = recs.sparkSession
+    key_rows = spark.createDataFrame([(str(k),) for k in keys], f"`{by}` string")
 
-    predictions = recs.groupBy(USER_INDEX).agg(
+    predictions = recs.groupBy(by, USER_INDEX).agg(
         F.transform(
             F.array_sort(F.collect_list(F.struct(RANK, ITEM_INDEX))), lambda x: x[ITEM_INDEX]
         ).alias("prediction")
     )
-    # One row per evaluated user: its top max(ks) as hit flags (1 where the item is relevant).
+    # One row per ranking and evaluated user: its top max(ks) as hit flags (1 where the item is relevant).
     per_user = (
-        relevant.join(predictions, USER_INDEX, "left")
+        F.broadcast(key_rows).crossJoin(relevant).join(predictions, [by, USER_INDEX], "left")
         .select(
+            by,
             USER_INDEX,
             F.transform(F.coalesce("prediction", F.array().cast("array<int>")),
                         lambda x: F.when(F.array_contains("relevant", x), 1).otherwise(0)).alias("hits"),
             F.size("relevant").alias("n_relevant"),
+            "prediction",
         )
-        .cache()  # read by the metrics pass and by coverage
+        .cache()  # read by the metrics pass, coverage and popularity: recs (often scored on the fly) are read once
     )
-    row = per_user.agg(F.count(F.lit(1)).alias("users"), *_per_user_metric_means(ks)).first().asDict()
-    if not row["users"]:
+    out: dict[str, dict[str, float]] = {}
+    for row in per_user.groupBy(by).agg(F.count(F.lit(1)).alias("users"), *_per_user_metric_means(ks)).collect():
+        values = row.asDict()
+        key = values.pop(by)
+        out[key] = {k: float(v) for k, v in values.items()}
+    if not out:
         per_user.unpersist()
         raise ValueError("evaluation: no users with held-out items")
-    out: dict[str, float] = {k: float(v) for k, v in row.items()}
 
-    # Coverage@K over the catalog; recommendations of the evaluated users only.
-    evaluated_recs = recs.join(per_user.select(USER_INDEX), USER_INDEX, "left_semi")
-    cov = evaluated_recs.agg(
-        *[F.countDistinct(F.when(F.col(RANK) <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]
-    ).first()
-    for k in ks:
-        out[f"coverage_at_{k}"] = cov[f"c{k}"] / float(n_items)
+    # Coverage@K over the catalog; recommendations of the evaluated users only, ranked by
+    # their place in the user's list (as the metrics above are).
+    evaluated_recs = per_user.select(by, F.posexplode("prediction").alias("position", ITEM_INDEX)).select(
+        by, ITEM_INDEX, (F.col("position") + 1).alias(RANK))
+    coverage = {row[by]: row for row in evaluated_recs.groupBy(by).agg(
+        *[F.countDistinct(F.when(F.col(RANK) <= k, F.col(ITEM_INDEX))).alias(f"c{k}") for k in ks]).collect()}
+    for key, metrics in out.items():
+        for k in ks:
+            metrics[f"coverage_at_{k}"] = (coverage[key][f"c{k}"] if key in coverage else 0) / float(n_items)
 
     if item_popularity is not None:
         # percent_rank over the whole catalog: 0 = least popular, 1 = most popular.
@@ -102,11 +141,12 @@ def ranking_metrics(
         pct = item_popularity.select(
             ITEM_INDEX, F.percent_rank().over(Window.orderBy("popularity")).alias("pop_pct")
         )
-        pop = evaluated_recs.join(pct, ITEM_INDEX, "left").agg(
+        pop = {row[by]: row for row in evaluated_recs.join(pct, ITEM_INDEX, "left").groupBy(by).agg(
             *[F.avg(F.when(F.col(RANK) <= k, F.coalesce("pop_pct", F.lit(0.0)))).alias(f"p{k}") for k in ks]
-        ).first()
-        for k in ks:
-            out[f"popularity_percentile_at_{k}"] = float(pop[f"p{k}"] or 0.0)
+        ).collect()}
+        for key, metrics in out.items():
+            for k in ks:
+                metrics[f"popularity_percentile_at_{k}"] = float((pop[key][f"p{k}"] if key in pop else None) or 0.0)
     per_user.unpersist()
     return out
 

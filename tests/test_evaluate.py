@@ -72,6 +72,35 @@ def test_parity_with_numpy_on_random_rankings(spark):
         assert got[key] == pytest.approx(value, abs=1e-9), key
 
 
+def test_several_rankings_judged_at_once_equal_each_judged_alone(spark):
+    """ranking_metrics_by (the fallback's candidates, a night's models): each key's metrics are
+    the NumPy reference's for that key's ranking alone; a key with no rows is all misses."""
+    from pyspark.sql import functions as F
+
+    rng = np.random.default_rng(11)
+    n_items = 90
+    relevant = {u: set(rng.choice(n_items, size=int(rng.integers(1, 12)), replace=False)) for u in range(70)}
+    rankings = {name: {u: list(rng.choice(n_items, size=int(rng.integers(1, 15)), replace=False))
+                       for u in range(int(rng.integers(40, 80)))} for name in ("a", "b", "c")}
+    recs = None
+    for name, r in rankings.items():
+        df = recs_df(spark, r).withColumn("model", F.lit(name))
+        recs = df if recs is None else recs.unionByName(df)
+    pop = spark.createDataFrame([(i, float(rng.integers(0, 50))) for i in range(n_items)],
+                                "item_index int, popularity double")
+    got = ranking.ranking_metrics_by(recs, relevant_df(spark, relevant), by="model", keys=["a", "b", "c", "none"],
+                                     ks=[3, 10], n_items=n_items, item_popularity=pop)
+    for name, r in rankings.items():
+        want = reference_metrics(r, relevant, [3, 10], n_items)
+        alone = ranking.ranking_metrics(recs_df(spark, r), relevant_df(spark, relevant), ks=[3, 10], n_items=n_items,
+                                        item_popularity=pop)
+        for key, value in want.items():
+            assert got[name][key] == pytest.approx(value, abs=1e-9), (name, key)
+        assert got[name] == pytest.approx(alone, abs=1e-12), name
+    assert got["none"]["users"] == len(relevant)
+    assert all(v == 0 for key, v in got["none"].items() if key != "users"), got["none"]
+
+
 def test_the_one_pass_metrics_equal_sparks_ranking_evaluator(spark):
     """Precision, recall, NDCG and MAP are computed with SQL array expressions in one pass;
     they must be RankingEvaluator's numbers, short and empty rankings included."""

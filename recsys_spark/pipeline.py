@@ -291,19 +291,29 @@ def reason_from_exception(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- stage runners
 
 
-class _Capture:
-    """A stage's stdout or stderr: written to its log, stderr's text also kept for the failure reason."""
+class _StageStream:
+    """The running stage's stdout or stderr: its log, stderr's text also kept for the failure reason.
 
-    def __init__(self, log, keep: list[str] | None = None):
-        self.log, self.keep = log, keep
+    One object per stream for the whole run, pointed at each stage's log in
+    turn: a logging handler made during one stage keeps the ``sys.stderr`` it
+    saw (pyspark's TorchDistributor logger does), and must write to the stage
+    running now, not to an earlier stage's closed file ("I/O operation on
+    closed file" in the next stage). Between stages it writes to the process's own stream.
+    """
+
+    def __init__(self, name: str):
+        self.name, self.log, self.keep = name, None, None
 
     def write(self, text: str) -> int:
         if self.keep is not None:
             self.keep.append(text)
-        return self.log.write(text)
+        return (self.log or getattr(sys, f"__{self.name}__")).write(text)
 
     def flush(self) -> None:
-        self.log.flush()
+        (self.log or getattr(sys, f"__{self.name}__")).flush()
+
+
+_STAGE_STDOUT, _STAGE_STDERR = _StageStream("stdout"), _StageStream("stderr")
 
 
 def in_driver_runner(jobs_dir: Path) -> StageRunner:
@@ -316,8 +326,9 @@ def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> 
     spec = importlib.util.spec_from_file_location(f"recsys_job_{stage.job}", jobs_dir / f"{stage.job}.py")
     job = importlib.util.module_from_spec(spec)
     stderr_text: list[str] = []
-    with open(log, "w", encoding="utf-8") as f, redirect_stdout(_Capture(f)), \
-            redirect_stderr(_Capture(f, stderr_text)):
+    with open(log, "w", encoding="utf-8") as f, redirect_stdout(_STAGE_STDOUT), redirect_stderr(_STAGE_STDERR):
+        _STAGE_STDOUT.log = _STAGE_STDERR.log = f
+        _STAGE_STDERR.keep = stderr_text
         report = None
         try:
             spec.loader.exec_module(job)
@@ -332,6 +343,7 @@ def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> 
             traceback.print_exc()
             code, reason = 1, reason_from_exception(exc)
         finally:
+            _STAGE_STDOUT.log = _STAGE_STDERR.log = _STAGE_STDERR.keep = None
             _between_stages()
     return code, reason, report
 

@@ -123,3 +123,26 @@ def test_failure_reasons_are_one_line_naming_the_error():
                    "\tat java.base/...")
     assert pipeline.reason_from_exception(exc).endswith("Py4JLike: java.lang.OutOfMemoryError: Java heap space")
     assert pipeline.reason_from_exception(ValueError("bad\nmore")) == "builtins.ValueError: bad"
+
+
+def test_a_log_handler_made_in_one_stage_writes_to_the_stage_running_now(tmp_path):
+    """pyspark's TorchDistributor logger makes its handler on the first neural stage's stderr; in one
+    driver the next neural stage's lines must reach that stage's log, not an earlier stage's closed file."""
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    (jobs / "first.py").write_text(
+        "import logging, sys\n"
+        "def main(argv):\n"
+        "    log = logging.getLogger('made_in_first')\n"
+        "    log.addHandler(logging.StreamHandler())  # holds the sys.stderr of this stage\n"
+        "    log.warning('from the first stage')\n")
+    (jobs / "second.py").write_text(
+        "import logging\n"
+        "def main(argv):\n"
+        "    logging.getLogger('made_in_first').warning('from the second stage')\n")
+    runner = pipeline.in_driver_runner(jobs)
+    first, second = pipeline.Stage("first", "first"), pipeline.Stage("second", "second")
+    assert runner(first, [], tmp_path / "first.log")[0] == 0
+    assert runner(second, [], tmp_path / "second.log")[0] == 0
+    assert (tmp_path / "first.log").read_text() == "from the first stage\n"
+    assert (tmp_path / "second.log").read_text() == "from the second stage\n"  # no "--- Logging error ---"

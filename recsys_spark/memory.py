@@ -147,12 +147,12 @@ TRAINING_COPIES = 5
 VALIDATION_BLOCK_USERS = 512
 
 
-def training_need(param_bytes: int, *, n_items: int, batch_size: int) -> int:
+def training_need(param_bytes: int, *, n_items: int, score_rows: int) -> int:
     """Bytes one training process needs beyond the interpreter: parameter copies plus
-    [users, items] blocks (validation scores, or a catalog-wide output layer's
-    logits and their gradient) in float32."""
-    block_rows = max(VALIDATION_BLOCK_USERS, 3 * batch_size)
-    return TRAINING_COPIES * param_bytes + 4 * block_rows * n_items
+    [rows, items] blocks in float32: validation scores (:data:`VALIDATION_BLOCK_USERS` rows) or a
+    training step's scores, gradients and copies (``score_rows``: the model's
+    ``score_rows_per_step``), whichever is larger."""
+    return TRAINING_COPIES * param_bytes + 4 * max(VALIDATION_BLOCK_USERS, score_rows) * n_items
 
 
 # A graph model's adjacency, per undirected training edge, at its build's peak: the CSR it

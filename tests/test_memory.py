@@ -74,3 +74,51 @@ def test_broadcast_over_the_driver_heap_is_refused(spark):
     too_big = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape=(rows, 8), strides=(0, 0))
     with pytest.raises(MemoryBudgetError, match="broadcasting the item matrix.*spark.driver_memory"):
         DotProductScorer(spark, too_big, np.ones(rows, dtype=bool))
+
+
+@pytest.mark.parametrize("name", ["sasrec", "gru4rec", "caser"])
+def test_a_sequence_models_budget_counts_the_logits_of_every_position(name):
+    """A sequence model scores the catalog at every position of a window (Caser: of the whole
+    history), not once per user: its budget holds those rows, so 50k items at batch 32 and a
+    200-item history are refused where one row per user would have passed."""
+    import torch
+
+    from recsys_spark.models import registry
+    from recsys_spark.train import neural
+
+    cls = registry.get(name)
+    history_length, batch_size, n_items = 200, 32, 50_000
+    rows = cls.score_rows_per_step(batch_size=batch_size, history_length=history_length, params={})
+    # The positions the loss really scores: a batch of full histories through the model's own loss,
+    # counting the rows of every [rows, n_items] matrix multiply it makes.
+    model = cls.build(n_users=batch_size, n_items=300, params={})
+    history = torch.randint(0, 300, (batch_size, history_length))
+    seen = []
+    real_matmul = torch.Tensor.__matmul__
+
+    def counting(a, b):
+        out = real_matmul(a, b)
+        if out.dim() == 2 and out.shape[1] == 300:
+            seen.append(out.shape[0])
+        return out
+
+    torch.Tensor.__matmul__ = counting
+    try:
+        from recsys_spark.models.base import TrainContext
+
+        model.train()
+        model.loss({"user_index": torch.arange(batch_size), "history": history,
+                    "history_len": torch.full((batch_size,), history_length)},
+                   TrainContext(n_items=300, sample_negatives=None))
+    finally:
+        torch.Tensor.__matmul__ = real_matmul
+    assert seen and rows >= 3 * max(seen) > 3 * batch_size, (rows, seen)
+    kwargs = {"n_users": 1000, "n_items": n_items, "params": {}}
+    need = memory.training_need(memory.parameter_bytes(cls, kwargs), n_items=n_items, score_rows=rows)
+    per_user = memory.training_need(memory.parameter_bytes(cls, kwargs), n_items=n_items, score_rows=3 * batch_size)
+    # Memory that two processes counted one row per user would fit in, and the real need does not.
+    available = int(2 * need / memory.PYTHON_SHARE * 0.9)
+    assert 2 * per_user < available * memory.PYTHON_SHARE
+    with pytest.raises(MemoryBudgetError, match=f"training '{name}'.*neural.history_length"):
+        neural.check_training_memory(cls, kwargs, name=name, n_items=n_items, batch_size=batch_size,
+                                     num_processes=2, available=available, history_length=history_length)

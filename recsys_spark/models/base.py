@@ -75,6 +75,14 @@ class RecModel(torch.nn.Module):
                              f"known: {sorted(cls.default_params)}")
         return cls(n_users=n_users, n_items=n_items, params=params or {})
 
+    @classmethod
+    def score_rows_per_step(cls, *, batch_size: int, history_length: int, params: dict[str, Any] | None = None) -> int:
+        """Rows of [rows, n_items] float32 blocks one training step holds at its peak (the memory
+        budget's catalog-wide term, :func:`recsys_spark.memory.training_need`): by default a batch's
+        scores, their gradient and a float copy. A model that scores more rows than users per step
+        (the sequence models: every position) says so."""
+        return 3 * batch_size
+
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
         raise NotImplementedError
 

@@ -124,6 +124,11 @@ class Caser(SequenceModel):
 
 
 
+    @classmethod
+    def score_rows_per_step(cls, *, batch_size: int, history_length: int, params: dict[str, Any] | None = None) -> int:
+        """Every position of the whole history is an example: ``batch x history_length`` rows, three copies."""
+        return 3 * batch_size * history_length
+
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
         rows, windows, targets = self.windows_of(batch["history"])
         if rows.shape[0] == 0:  # histories of one item: nothing to predict; every parameter stays in the graph

@@ -16,7 +16,7 @@ the width of the history tensor never changes a window.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +115,12 @@ class SequenceModel(RecModel):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Scores [B, n_items] of the batch's users (dropout follows train/eval mode)."""
         return self.score_users(batch["user_index"], batch["history"], batch["history_len"])
+
+    @classmethod
+    def score_rows_per_step(cls, *, batch_size: int, history_length: int, params: dict[str, Any] | None = None) -> int:
+        """The next-item logits of every position of a window: ``batch x max_length`` rows, three copies."""
+        max_length = int({**cls.default_params, **(params or {})}.get("max_length", history_length))
+        return 3 * batch_size * min(max_length, history_length)
 
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
         seq = training_window(batch["history"], self.max_length + 1, self.n_items,

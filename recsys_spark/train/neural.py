@@ -174,12 +174,14 @@ def clear_checkpoints(cfg: Config, name: str) -> None:
 def check_training_memory(
     cls, build_kwargs: dict, *, name: str, n_items: int, batch_size: int, num_processes: int,
     executor_python_memory: str | None = None, available: int | None = None, graph_edges: int = 0,
+    history_length: int = 0,
 ) -> int:
     """Refuse a model whose training processes would not fit, before anything is materialised.
 
     The need comes from the model's own parameters (built on the meta device, so
     catalog-wide layers such as Mult-VAE's are counted whatever the model) and
-    [users, items] blocks. Each process is checked against
+    [rows, items] blocks (the class's ``score_rows_per_step``: a sequence model scores every
+    position of ``history_length``, not one row per user). Each process is checked against
     ``spark.executor.pyspark.memory`` when set; all of them together against
     what this machine has available (``available``; default: measured), which
     is where they run on a local master or the local standalone cluster.
@@ -189,12 +191,15 @@ def check_training_memory(
     Returns:
         The bytes one process needs.
     """
+    score_rows = cls.score_rows_per_step(batch_size=batch_size, history_length=history_length,
+                                         params=build_kwargs.get("params"))
     per_process = memory.training_need(memory.parameter_bytes(cls, build_kwargs), n_items=n_items,
-                                       batch_size=batch_size)
+                                       score_rows=score_rows)
     if graph_edges:
         per_process += cls.graph_bytes(n_users=build_kwargs["n_users"], n_items=n_items, n_edges=graph_edges,
                                        params=build_kwargs.get("params"))
-    remedy = (f"Lower neural.batch_size or the model's catalog-wide sizes (neural.models.{name}), "
+    remedy = (f"Lower neural.batch_size (neural.per_model.{name}.batch_size) or the model's catalog-wide sizes "
+              f"(neural.models.{name}){', or neural.history_length' if score_rows > 3 * batch_size else ''}, "
               "run fewer neural.num_processes, or leave the model out (RECSYS_MODELS for scripts/pipeline.sh).")
     if graph_edges:
         remedy += (f" Its training graph ({graph_edges:,} edges) is held whole by every process: lower "
@@ -313,6 +318,7 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
     largest = {**build_kwargs, "params": search.largest(plan, params)}  # the biggest model a trial may build
     check_training_memory(cls, with_feature_tensors(largest, features), name=name,
                           n_items=n_items, batch_size=nc.batch_size, num_processes=nc.num_processes,
+                          history_length=nc.history_length if reads_history else 0,
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"),
                           graph_edges=max(edges))
     graphs = [training_graph(p.rows, name=name, n_edges=n) if needs_graph(cls) else None for p, n in zip(phases, edges)]

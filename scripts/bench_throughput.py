@@ -3,7 +3,8 @@
 
 One small synthetic warehouse is built once through the jobs themselves
 (generate_events -> clean_events -> build_tables -> split, sizes as arguments;
-default: the demo's, conf/demo.yaml). Then each model of the registry, at each
+default: 5,000 users, 2,000 items,
+300,000 events). Then each model of the registry, at each
 process count, is trained as the night's refit trains it:
 ``recsys_spark.train.neural.fit(..., final=True, epochs=E)`` — train +
 validation rows, materialised to Petastorm, a fixed number of epochs under

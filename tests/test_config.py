@@ -28,7 +28,7 @@ def test_demo_conf_sizes_reach_the_demo():
     from recsys_spark.config import CONF_DIR
 
     cfg = load_config([CONF_DIR / "demo.yaml"], dataset="synthetic")
-    assert cfg.synthetic.num_events == 300_000 and cfg.dataset.source.path == "data/demo/events"
+    assert cfg.synthetic.num_events == 100_000 and cfg.dataset.source.path == "data/demo/events"
 
 
 def test_set_override_parses_yaml_scalars():

@@ -47,15 +47,16 @@ def score_fold(users: DataFrame, scorer, cfg: Config) -> DataFrame:
     )
 
 
-def fold_metrics(split_rows: DataFrame, recs: DataFrame, fold: str, n_items: int, cfg: Config) -> dict:
+def fold_metrics(split_rows: DataFrame, recs: DataFrame, fold: str, n_items: int, cfg: Config, *,
+                 models: list[str] | None = None) -> dict:
+    """``recs``' metrics on ``fold``; with ``models``, ``recs`` holds each model's rankings (column
+    :data:`CANDIDATE`) and the result is ``{model: metrics}``, all judged in one pass."""
     train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
-    return ranking.ranking_metrics(
-        recs,
-        fold_relevant(split_rows, fold),
-        ks=cfg.evaluation.ks,
-        n_items=n_items,
-        item_popularity=ranking.catalog_popularity(train, n_items),
-    )
+    common = dict(ks=cfg.evaluation.ks, n_items=n_items, item_popularity=ranking.catalog_popularity(train, n_items))
+    relevant = fold_relevant(split_rows, fold)
+    if models is None:
+        return ranking.ranking_metrics(recs, relevant, **common)
+    return ranking.ranking_metrics_by(recs, relevant, by=CANDIDATE, keys=models, **common)
 
 
 def write_eval_recs(recs: DataFrame, warehouse: str, model: str, fold: str) -> str:
@@ -197,11 +198,7 @@ def test_fold_results(spark: SparkSession, cfg: Config, split_rows: DataFrame, m
         return []
     recs = functools.reduce(DataFrame.unionByName, [
         read_eval_recs(spark, cfg.warehouse, model, FINAL_FOLD).withColumn(CANDIDATE, F.lit(model)) for model in models])
-    # Every model in one pass (ranking_metrics_by), against the same fold and popularity.
-    train = split.training_rows(split_rows, final=True)
-    metrics = ranking.ranking_metrics_by(recs, fold_relevant(split_rows, FINAL_FOLD), by=CANDIDATE, keys=models,
-                                         ks=cfg.evaluation.ks, n_items=n_items,
-                                         item_popularity=ranking.catalog_popularity(train, n_items))
+    metrics = fold_metrics(split_rows, recs, FINAL_FOLD, n_items, cfg, models=models)  # every model in one pass
     results = []
     for model in models:
         meta = artifacts.load_metadata(spark, cfg.warehouse, model)

@@ -37,6 +37,9 @@ def relevant_items(held_out: DataFrame) -> DataFrame:
     return held_out.groupBy(USER_INDEX).agg(F.collect_set(ITEM_INDEX).alias("relevant"))
 
 
+_ONE = "_ranking"  # the one key of ranking_metrics' single ranking
+
+
 def ranking_metrics(
     recs: DataFrame,
     relevant: DataFrame,
@@ -62,9 +65,6 @@ def ranking_metrics(
     io.require_columns(recs, [USER_INDEX, ITEM_INDEX, RANK], "recommendations")
     return ranking_metrics_by(recs.withColumn(_ONE, F.lit(_ONE)), relevant, by=_ONE, keys=[_ONE], ks=ks,
                               n_items=n_items, item_popularity=item_popularity)[_ONE]
-
-
-_ONE = "_ranking"  # the one key of ranking_metrics' single ranking
 
 
 def ranking_metrics_by(

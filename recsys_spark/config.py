@@ -446,6 +446,7 @@ class NeuralConf:
     """The Petastorm-fed DDP trainer (jobs/train_neural.py)."""
 
     num_processes: Count = 2  # TorchDistributor processes (one per GPU when GPUs are used)
+    threads_per_process: NonNegativeInt = 0  # torch threads per process; 0: the cluster's cores shared out
     use_gpu: UseGpu = "auto"  # auto: GPUs when the cluster has them; true / false force it
     epochs: Count = 20
     patience: Count = 3  # early stopping: epochs without a better validation metric

@@ -17,7 +17,7 @@ A sample is what the model's loader yields one row per: a training pair
 ``input_kind: histories`` models. Rates of the two kinds do not compare.
 
 Every training process gets one torch thread (``--threads-per-process``; the
-night shares the cluster's cores out instead, ``distributed.threads_per_process``),
+night's ``neural.threads_per_process`` is 0: the cluster's cores shared out),
 so 2 processes fill this machine's 2 cores and 1 vs 2 compares like with like:
 the ratio "2 vs 1" is the 2-process total over the 1-process total (2.0 would
 be perfect scaling; gloo all-reduce and the shared reader cost the rest).
@@ -119,7 +119,6 @@ def main() -> None:
     from recsys_spark.models import registry
     from recsys_spark.schemas import SPLIT
     from recsys_spark.session import build_spark
-    from recsys_spark.train import distributed
 
     models = registry.names() if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
     for m in models:  # an unknown name fails before any Spark work
@@ -133,7 +132,9 @@ def main() -> None:
     sets = [f"synthetic.num_users={args.users}", f"synthetic.num_items={args.items}",
             f"synthetic.num_events={args.events}", f"dataset.source.path={work / 'raw'}",
             f"neural.cache_dir={work / 'petastorm'}", f"neural.checkpoint_dir={work / 'checkpoints'}",
-            "spark.extra={spark.ui.enabled: 'false'}", *args.overrides]
+            "spark.extra={spark.ui.enabled: 'false'}",
+            # The benchmark's thread count over the night's (see the docstring); 0 keeps the night's.
+            f"neural.threads_per_process={args.threads_per_process}", *args.overrides]
     argv = ["--dataset", "synthetic", "--warehouse", str(wh)] + [a for f in args.conf for a in ("--conf", f)]
     argv += [a for s in sets for a in ("--set", s)]
     cfg = load_config(files=args.conf, dataset="synthetic", overrides=[*sets, f"warehouse={wh}"])
@@ -144,8 +145,6 @@ def main() -> None:
     warehouse_s = time.perf_counter() - started
     split_rows = io.read_table(spark, str(wh), SPLIT).cache()
     n_users, n_items = io.catalog_sizes(spark, str(wh))
-    if args.threads_per_process > 0:  # the benchmark's choice over the night's (see the docstring)
-        distributed.threads_per_process = lambda spark, num_processes: args.threads_per_process
 
     results = []
     for name in models:

@@ -343,7 +343,8 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
             model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=materialised_data[0],
             settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
             item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
-            threads_per_process=distributed.threads_per_process(spark, nc.num_processes), use_gpu=use_gpu,
+            threads_per_process=nc.threads_per_process or distributed.threads_per_process(spark, nc.num_processes),
+            use_gpu=use_gpu,
             refit=refit, graph=graphs[0], search=plan,
         )
         result = distributed.run(spark, job, num_processes=nc.num_processes)

@@ -33,14 +33,14 @@ def main(argv=None) -> dict:
     _, n_items = io.catalog_sizes(spark, wh)
     protocol = io.read_json(spark, io.split_protocol_path(wh))
     results = folds.test_fold_results(spark, cfg, split_rows, models, n_items=n_items, run_date=day, protocol=protocol)
-    cold = folds.cold_start_report(split_rows, n_items, cfg)
+    cold = {**folds.cold_start_report(split_rows, n_items, cfg), "made_on": folds.fallback_made_on(spark, cfg)}
     split_rows.unpersist()
 
     header, rows = ranking.comparison_rows(results, cfg.evaluation.ks)
     markdown = ranking.to_markdown(header, rows)
     for result in results:
         io.write_json(spark, io.metrics_path(wh, day, f"{result['model']}.json"), result)
-    io.write_json(spark, io.metrics_path(wh, day, "_cold_start.json"), cold)
+    io.write_json(spark, io.metrics_path(wh, day, folds.COLD_START_FILE), cold)
     io.write_text(spark, io.metrics_path(wh, day, "comparison.csv"), ranking.to_csv(header, rows))
     io.write_text(spark, io.metrics_path(wh, day, "comparison.md"), markdown)
     io.write_table(folds.comparison_table(spark, results), wh, MODEL_COMPARISON,

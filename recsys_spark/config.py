@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import json
 import os
 import typing
 from dataclasses import field
@@ -559,6 +561,10 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """A short hash of every setting: what tells a stage that something was made under this same config."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def for_neural_model(self, name: str) -> "Config":
         """This config with ``neural.per_model[name]`` applied over ``neural.*`` (keys and types checked)."""

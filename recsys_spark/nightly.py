@@ -66,7 +66,7 @@ def fingerprints(paths: list[str]) -> dict[str, str]:
 
 
 def config_hash(cfg: Config) -> str:
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cfg.fingerprint()
 
 
 def stage_paths(job: str, args: tuple[str, ...], cfg: Config, run_date: str,

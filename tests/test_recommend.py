@@ -529,6 +529,29 @@ def test_a_failed_table_write_leaves_no_staging_and_the_next_write_cleans_a_kill
 
 
 @pytest.mark.spark
+@pytest.mark.spark
+def test_recommend_reuses_the_fallback_evaluate_chose_on_the_same_split_and_config(spark, base_wh, tmp_path):
+    """The night's evaluate records its fallback choice with what it was made on; recommend serves that
+    choice (not judged again) only while the split table and every setting are the same."""
+    wh = copy_wh(base_wh, tmp_path)
+    load_job("evaluate").main(job_args(wh, DAY1))
+    recorded = json.loads(Path(io.metrics_path(wh, DAY1, "_cold_start.json")).read_text())
+    load_job("recommend").main(job_args(wh, DAY1))
+    served = manifest(wh, DAY1)["fallback"]
+    assert served["chosen_by"] == "evaluate"
+    assert {k: v for k, v in served.items() if k != "chosen_by"} == recorded["fallback"]
+
+    # Another value of any setting: chosen again, by recommend (here the same choice: MMR's pool is not
+    # what the candidates are judged on).
+    load_job("recommend").main(job_args(wh, DAY1, "recommend.mmr_pool_factor=4"))
+    again = manifest(wh, DAY1)["fallback"]
+    assert again["chosen_by"] == "recommend" and again["chosen"] == served["chosen"]
+    # The split written again (a later modification time): chosen again too.
+    load_job("split").main(["--warehouse", wh, "--set", f"run_date={DAY1}"])
+    load_job("recommend").main(job_args(wh, DAY1))
+    assert manifest(wh, DAY1)["fallback"]["chosen_by"] == "recommend"
+
+
 def test_exclusion_list_then_mmr_diversity(spark, published_wh, tmp_path):
     wh = copy_wh(published_wh, tmp_path)
     top = read_run(wh, DAY1).item_id.value_counts().index[:2].tolist()

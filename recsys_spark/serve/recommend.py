@@ -112,9 +112,11 @@ def run(
     ).cache()
 
     # The cold-user fallback: chosen on validation's cold users (all time or a recent window), fitted on
-    # every interaction.
-    split_rows = io.read_table(spark, wh, SPLIT)
-    fallback_choice = folds.choose_fallback(split_rows, n_items, cfg)
+    # every interaction. The evaluate stage of the same night made the same choice (same split, same
+    # config) and recorded it: reused; else (recommend run on its own, anything changed) chosen here.
+    recorded = folds.recorded_fallback(spark, cfg, run_date)
+    fallback_choice = ({**recorded, "chosen_by": "evaluate"} if recorded is not None else
+                       {**folds.choose_fallback(io.read_table(spark, wh, SPLIT), n_items, cfg), "chosen_by": "recommend"})
     inputs[SPLIT.name] = _table_version(spark, wh, SPLIT)
     fallback = folds.fit_fallback(spark, interactions, n_items, fallback_choice)
     print(f"recommend: cold-user fallback {fallback_choice['chosen']} "

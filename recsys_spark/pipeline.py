@@ -322,17 +322,24 @@ def in_driver_runner(jobs_dir: Path) -> StageRunner:
     return functools.partial(_run_in_driver, Path(jobs_dir))
 
 
+def load_job(jobs_dir: Path | str, name: str):
+    """The job ``jobs_dir/<name>.py`` as a fresh module, to call its ``main(argv)`` in this driver.
+    Jobs are spark-submit scripts, not a package: loaded by path (the one place that does it; the
+    nightly run, the tests and the benchmarks all go through here)."""
+    spec = importlib.util.spec_from_file_location(f"recsys_job_{name}", Path(jobs_dir) / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _run_in_driver(jobs_dir: Path, stage: Stage, argv: list[str], log: Path) -> tuple[int, str | None]:
-    spec = importlib.util.spec_from_file_location(f"recsys_job_{stage.job}", jobs_dir / f"{stage.job}.py")
-    job = importlib.util.module_from_spec(spec)
     stderr_text: list[str] = []
     with open(log, "w", encoding="utf-8") as f, redirect_stdout(_STAGE_STDOUT), redirect_stderr(_STAGE_STDERR):
         _STAGE_STDOUT.log = _STAGE_STDERR.log = f
         _STAGE_STDERR.keep = stderr_text
         report = None
         try:
-            spec.loader.exec_module(job)
-            report = job.main(argv)
+            report = load_job(jobs_dir, stage.job).main(argv)
             code, reason = 0, None
         except KeyboardInterrupt:
             raise

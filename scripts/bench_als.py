@@ -16,7 +16,6 @@ Prints a Markdown table and writes benchmarks/results/als_<dataset>.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -28,10 +27,9 @@ sys.path.insert(0, str(REPO))
 
 
 def job(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from recsys_spark.pipeline import load_job
+
+    return load_job(REPO / "jobs", name)
 
 
 def implicit_fit(train_pdf, n_users, n_items, *, factors, regularization, alpha, iterations, seed):

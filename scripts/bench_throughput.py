@@ -33,7 +33,6 @@ Prints a Markdown table and writes benchmarks/results/throughput_<events>.json.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -53,11 +52,10 @@ SAMPLE = {"pairs": "pair", "histories": "user"}  # what one loader row is, by in
 
 def build_warehouse(argv: list[str]) -> None:
     """generate -> clean -> tables -> split through the jobs' main(argv), in this driver's Spark session."""
+    from recsys_spark.pipeline import load_job
+
     for stage in ("generate_events", "clean_events", "build_tables", "split"):
-        spec = importlib.util.spec_from_file_location(stage, REPO / "jobs" / f"{stage}.py")
-        job = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(job)
-        job.main(argv)
+        load_job(REPO / "jobs", stage).main(argv)
 
 
 def measure(spark, cfg, split_rows, name: str, *, n_users: int, n_items: int, epochs: int) -> dict:

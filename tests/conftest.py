@@ -1,7 +1,6 @@
 """Shared fixtures: one local[2] SparkSession for the whole run, data paths."""
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -23,11 +22,10 @@ TINY_SYNTHETIC = [
 
 
 def load_job(name: str):
-    """A job's module from jobs/<name>.py (jobs are scripts, not a package), to call its main(argv)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "jobs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """A job's module from jobs/<name>.py, to call its main(argv)."""
+    from recsys_spark.pipeline import load_job as load
+
+    return load(REPO / "jobs", name)
 
 
 def synthetic_job_argv(root: Path, overrides: list[str]) -> tuple[list[str], Path, Path]:

@@ -704,11 +704,13 @@ def load_config(
     for f in files or []:
         layers.append((str(f), _read_yaml(Path(f))))
     merged: dict[str, Any] = {}
-    for origin, data in layers:
+    set_in: dict[tuple[str, ...], int] = {}  # a neural.* or per-model trainer key -> the last layer that set it
+    for index, (origin, data) in enumerate(layers):
         # Each layer is checked as it is added, so that an error names the file it is in.
         merged = _merge(merged, data)
         _build(Config, merged, origin, layer=True)
-    for item in overrides or []:
+        _note_neural_keys(data, index, set_in)
+    for index, item in enumerate(overrides or [], start=len(layers)):
         keys, value = _parse_override(item)
         layer: dict[str, Any] = {}
         cursor = layer
@@ -717,7 +719,38 @@ def load_config(
         cursor[keys[-1]] = value
         merged = _merge(merged, layer)
         _build(Config, merged, f"--set {item}", layer=True)
-    return _build(Config, merged, "config")
+        _note_neural_keys(layer, index, set_in)
+    return _build(Config, _later_neural_wins(merged, set_in), "config")
+
+
+def _note_neural_keys(layer: dict[str, Any], index: int, set_in: dict[tuple[str, ...], int]) -> None:
+    """Record which ``neural.*`` keys and which ``neural.per_model.<model>.*`` keys ``layer`` sets."""
+    neural = layer.get("neural")
+    if not isinstance(neural, dict):
+        return
+    for key, value in neural.items():
+        if key == "per_model" and isinstance(value, dict):
+            for model, settings in value.items():
+                for name in settings if isinstance(settings, dict) else ():
+                    set_in[("per_model", str(model), str(name))] = index
+        else:
+            set_in[(str(key),)] = index
+
+
+def _later_neural_wins(merged: dict[str, Any], set_in: dict[tuple[str, ...], int]) -> dict[str, Any]:
+    """A model's ``neural.per_model`` setting gives way to the same ``neural.*`` setting made in a
+    later layer: base.yaml's per-model epochs are defaults, and a run's ``--set neural.epochs=3``
+    (or the demo's file) means every model. Within one layer the per-model setting wins."""
+    per_model = (merged.get("neural") or {}).get("per_model")
+    if not isinstance(per_model, dict):
+        return merged
+    kept = {}
+    for model, settings in per_model.items():
+        if isinstance(settings, dict):
+            settings = {name: value for name, value in settings.items()
+                        if set_in.get((str(name),), -1) <= set_in.get(("per_model", str(model), str(name)), -1)}
+        kept[model] = settings
+    return {**merged, "neural": {**merged["neural"], "per_model": kept}}
 
 
 def run_date(cfg: Config) -> str:

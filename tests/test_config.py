@@ -76,6 +76,26 @@ def test_per_model_trainer_settings_apply_to_that_model_only():
         wrong_type.for_neural_model("multvae")
 
 
+def test_a_later_layers_neural_setting_wins_over_an_earlier_per_model_default():
+    """base.yaml's neural.per_model settings are defaults: a later layer's neural.* (a --set, the demo's
+    file) means every model; a per-model setting in that later layer wins again."""
+    from recsys_spark.config import CONF_DIR
+
+    assert load_config().for_neural_model("neumf").neural.epochs == 40  # base.yaml's NeuMF default
+    cfg = load_config(overrides=["neural.epochs=3"])
+    assert cfg.for_neural_model("neumf").neural.epochs == 3 and cfg.for_neural_model("multvae").neural.epochs == 3
+    assert cfg.for_neural_model("multvae").neural.batch_size == 32  # not set later: still the model's own
+    cfg = load_config(overrides=["neural.epochs=3", "neural.per_model.neumf.epochs=5"])
+    assert cfg.for_neural_model("neumf").neural.epochs == 5 and cfg.for_neural_model("sasrec").neural.epochs == 3
+    cfg = load_config(overrides=["neural.per_model.neumf.epochs=5", "neural.epochs=3"])
+    assert cfg.for_neural_model("neumf").neural.epochs == 3
+    demo = load_config(files=[CONF_DIR / "demo.yaml"])
+    by_model = {m: demo.for_neural_model(m).neural for m in ("multvae", "gru4rec", "caser", "neumf", "lightgcn")}
+    assert {m: (n.epochs, n.patience) for m, n in by_model.items()} == {
+        "multvae": (20, 3), "gru4rec": (20, 3), "caser": (10, 3), "neumf": (30, 3), "lightgcn": (30, 3)}
+    assert by_model["lightgcn"].learning_rate == 0.005 and by_model["caser"].history_length == 50
+
+
 # --------------------------------------------------------------------------- typed choices and ranges
 
 

@@ -120,7 +120,7 @@ def test_the_job_rerun_after_a_crash_resumes_from_the_last_checkpoint(spark, tmp
     from recsys_spark.models import registry
 
     wh = _planted_copy(planted_template, tmp_path)
-    # NeuMF's own trainer defaults (neural.per_model.neumf) come over neural.*: set them there.
+    # NeuMF's own trainer settings, set per model (neural.* in this layer would do as well).
     sets = ["neural.num_processes=1", "neural.per_model.neumf.epochs=3", "neural.per_model.neumf.patience=10",
             "neural.batch_size=64",
             "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", f"neural.cache_dir={tmp_path / 'cache'}",

@@ -65,10 +65,6 @@ def fingerprints(paths: list[str]) -> dict[str, str]:
     return {p: fingerprint(p) for p in paths}
 
 
-def config_hash(cfg: Config) -> str:
-    return cfg.fingerprint()
-
-
 def stage_paths(job: str, args: tuple[str, ...], cfg: Config, run_date: str,
                 models: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
     """(inputs, outputs) of a stage: the paths its job reads and writes, from the config.
@@ -323,10 +319,10 @@ def prepare(job_args: list[str], *, from_stage: str | None, force: bool):
         print(f"pipeline: no run manifest for {cfg.warehouse} ({exc}); every stage runs", file=sys.stderr)
         return job_args, None, None
     resume = Resume(
-        manifest=manifest, config=config_hash(cfg),
+        manifest=manifest, config=cfg.fingerprint(),
         paths=lambda stage: stage_paths(stage.job, stage.args, cfg, day, stage.models),
         from_stage=from_stage, force=force)
     return job_args, resume, Lock.for_warehouse(cfg.warehouse, day)
 
 
-__all__ = ["Lock", "LockHeld", "Resume", "RunManifest", "config_hash", "fingerprint", "fingerprints", "prepare", "stage_paths"]
+__all__ = ["Lock", "LockHeld", "Resume", "RunManifest", "fingerprint", "fingerprints", "prepare", "stage_paths"]

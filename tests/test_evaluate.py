@@ -101,33 +101,6 @@ def test_several_rankings_judged_at_once_equal_each_judged_alone(spark):
     assert all(v == 0 for key, v in got["none"].items() if key != "users"), got["none"]
 
 
-def test_rankings_with_their_own_held_out_users_judged_at_once(spark):
-    """With a ``by`` column in ``relevant`` too, each key is judged on its own users and items (the
-    fallback on validation and on test in one pass): the NumPy reference's metrics per key; a key
-    with no held-out users is refused by name, not scored as zero."""
-    from pyspark.sql import functions as F
-
-    rng = np.random.default_rng(5)
-    n_items = 60
-    folds = {fold: {u: set(rng.choice(n_items, size=int(rng.integers(1, 9)), replace=False))
-                    for u in rng.choice(100, size=int(rng.integers(20, 50)), replace=False)}
-             for fold in ("validation", "test")}
-    rankings = {fold: {u: list(rng.choice(n_items, size=10, replace=False)) for u in range(100)} for fold in folds}
-    recs = relevant = None
-    for fold in folds:
-        r = recs_df(spark, rankings[fold]).withColumn("key", F.lit(fold))
-        h = relevant_df(spark, folds[fold]).withColumn("key", F.lit(fold))
-        recs, relevant = (r, h) if recs is None else (recs.unionByName(r), relevant.unionByName(h))
-    got = ranking.ranking_metrics_by(recs, relevant, by="key", keys=list(folds), ks=[5, 10], n_items=n_items)
-    for fold, held in folds.items():
-        want = reference_metrics({u: rankings[fold][u] for u in held}, held, [5, 10], n_items)
-        assert got[fold]["users"] == len(held)
-        for key, value in want.items():
-            assert got[fold][key] == pytest.approx(value, abs=1e-9), (fold, key)
-    with pytest.raises(ValueError, match="for nobody"):
-        ranking.ranking_metrics_by(recs, relevant, by="key", keys=["validation", "nobody"], ks=[5], n_items=n_items)
-
-
 def test_the_one_pass_metrics_equal_sparks_ranking_evaluator(spark):
     """Precision, recall, NDCG and MAP are computed with SQL array expressions in one pass;
     they must be RankingEvaluator's numbers, short and empty rankings included."""

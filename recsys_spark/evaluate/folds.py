@@ -140,61 +140,39 @@ def judge_fallbacks(split_rows: DataFrame, fold: str, n_items: int, cfg: Config)
     Returns:
         ``{"fold", "judged_on", "candidates": {name: {"recent_days": days or None, "metrics": {...}}}}``.
     """
-    return judge_fallbacks_on(split_rows, [fold], n_items, cfg)[fold]
-
-
-def judge_fallbacks_on(split_rows: DataFrame, fold_names: list[str], n_items: int, cfg: Config) -> dict:
-    """:func:`judge_fallbacks` for each of ``fold_names``, ``{fold: judged}``: every fold's candidates
-    ranked and judged in one Spark pass (``ranking_metrics_by`` with each fold's own users)."""
     spark = split_rows.sparkSession
     candidates = fallback_candidates(cfg)
-    recs, relevants, rules, cached = [], [], {}, []
-    for fold in fold_names:
-        train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
-        pops = baselines.popularity_vectors(train, n_items, [days for _, days in candidates])
-        users, relevant, rule = fallback_users(split_rows, fold)
-        users, relevant = users.cache(), relevant.cache()  # read once per candidate
-        cached += [users, relevant]
-        if relevant.limit(1).count() == 0:  # a fold with no held-out users at all: nothing to judge on
-            rules[fold] = JUDGED_ON_NOBODY
-            continue
-        rules[fold] = rule
-        relevants.append(relevant.withColumn(CANDIDATE, F.explode(F.array(*[
-            F.lit(_fold_key(fold, name)) for name, _ in candidates]))))
+    train = split.training_rows(split_rows, final=(fold == FINAL_FOLD))
+    pops = baselines.popularity_vectors(train, n_items, [days for _, days in candidates])
+    users, relevant, rule = fallback_users(split_rows, fold)
+    users, relevant = users.cache(), relevant.cache()  # read once per candidate
+    if relevant.limit(1).count() == 0:  # a fold with no held-out users at all: nothing to judge on
+        rule = JUDGED_ON_NOBODY
+    metrics = {}
+    if rule != JUDGED_ON_NOBODY:  # every candidate's top-K, judged in one pass (ranking_metrics_by)
+        recs = []
         for (name, days), pop in zip(candidates, pops):
             model = fitted.rank_one(spark, name, pop, params={"recent_days": days})
-            recs.append(score_fold(model.prepare_users(users), model.scorer, cfg)
-                        .withColumn(CANDIDATE, F.lit(_fold_key(fold, name))))
-    metrics = {}
-    if recs:  # every judged fold's every candidate, in one pass
-        metrics = ranking.ranking_metrics_by(
-            functools.reduce(DataFrame.unionByName, recs), functools.reduce(DataFrame.unionByName, relevants),
-            by=CANDIDATE, keys=[_fold_key(f, name) for f in fold_names if rules[f] != JUDGED_ON_NOBODY
-                                for name, _ in candidates],
-            ks=cfg.evaluation.ks, n_items=n_items)
-    for df in cached:
-        df.unpersist()
-    return {fold: {"fold": fold, "judged_on": rules[fold],
-                   "candidates": {name: {"recent_days": days, "metrics": metrics.get(_fold_key(fold, name))}
-                                  for name, days in candidates}}
-            for fold in fold_names}
+            recs.append(score_fold(model.prepare_users(users), model.scorer, cfg).withColumn(CANDIDATE, F.lit(name)))
+        metrics = ranking.ranking_metrics_by(functools.reduce(DataFrame.unionByName, recs), relevant, by=CANDIDATE,
+                                             keys=[name for name, _ in candidates], ks=cfg.evaluation.ks,
+                                             n_items=n_items)
+    judged = {name: {"recent_days": days, "metrics": metrics.get(name)} for name, days in candidates}
+    users.unpersist()
+    relevant.unpersist()
+    return {"fold": fold, "judged_on": rule, "candidates": judged}
 
 
-def _fold_key(fold: str, candidate: str) -> str:
-    return f"{fold}/{candidate}"
-
-
-def choose_fallback(split_rows: DataFrame, n_items: int, cfg: Config, *, judged: dict | None = None) -> dict:
+def choose_fallback(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
     """The cold-user fallback chosen on validation by ``evaluation.primary_metric`` (ties: the earlier
-    candidate of :func:`fallback_candidates`, all time first). ``judged``: validation's
-    :func:`judge_fallbacks`, when already made.
+    candidate of :func:`fallback_candidates`, all time first).
 
     Returns:
         ``{"chosen", "recent_days", "metric", "fold", "judged_on", "users", "candidates": {name: value}}``:
         what serving fits (on every interaction) and what the run's manifest records.
     """
     primary = cfg.evaluation.primary_metric
-    judged = judged or judge_fallbacks(split_rows, SELECTION_FOLD, n_items, cfg)
+    judged = judge_fallbacks(split_rows, SELECTION_FOLD, n_items, cfg)
     values = {name: (c["metrics"] or {}).get(primary) for name, c in judged["candidates"].items()}
     chosen = max(values, key=lambda name: values[name] or 0.0)  # the first of equals
     users = (next(iter(judged["candidates"].values()))["metrics"] or {}).get("users", 0)
@@ -234,9 +212,8 @@ def cold_start_report(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
     test = split.fold(split_rows, FINAL_FOLD)
     counts = {r[SEGMENT]: {"rows": r["rows"], "users": r["users"]} for r in test.groupBy(SEGMENT).agg(
         F.count(F.lit(1)).alias("rows"), F.countDistinct(USER_INDEX).alias("users")).collect()}
-    judged = judge_fallbacks_on(split_rows, [SELECTION_FOLD, FINAL_FOLD], n_items, cfg)  # one pass for both
-    choice = choose_fallback(split_rows, n_items, cfg, judged=judged[SELECTION_FOLD])
-    on_test = judged[FINAL_FOLD]
+    choice = choose_fallback(split_rows, n_items, cfg)
+    on_test = judge_fallbacks(split_rows, FINAL_FOLD, n_items, cfg)
     return {"test_segments": counts, "fallback": choice, "fallback_test": on_test,
             "cold_user_metrics_fallback": on_test["candidates"][choice["chosen"]]["metrics"]}
 

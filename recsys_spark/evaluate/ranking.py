@@ -81,9 +81,7 @@ def ranking_metrics_by(
 
     ``recs`` holds every ranking, told apart by its string column ``by``; each
     of ``keys`` is judged against all of ``relevant`` (a key with no rows in
-    ``recs`` counts as all misses), or, when ``relevant`` has a ``by`` column
-    too, against its own rows of it (rankings of different folds or user
-    groups judged together). One pass over the data for all of them:
+    ``recs`` counts as all misses). One pass over the data for all of them:
     on small folds Spark's cost is per stage, not per row, and the fallback's
     candidates or a night's models, judged one by one, paid it once each
     (about 2 s a ranking on 2 cores, whatever its size).
@@ -93,7 +91,6 @@ def ranking_metrics_by(
     """
     io.require_columns(recs, [by, USER_INDEX, ITEM_INDEX, RANK], "recommendations")
     io.require_columns(relevant, [USER_INDEX, "relevant"], "relevant items")
-    relevant_per_key = by in relevant.columns
     ks = sorted(set(int(k) for k in ks))
     max_k = ks[-1]
     recs = recs.where(F.col(RANK) <= max_k)
@@ -107,8 +104,7 @@ def ranking_metrics_by(
     )
     # One row per ranking and evaluated user: its top max(ks) as hit flags (1 where the item is relevant).
     per_user = (
-        (relevant.join(F.broadcast(key_rows), by) if relevant_per_key else F.broadcast(key_rows).crossJoin(relevant))
-        .join(predictions, [by, USER_INDEX], "left")
+        F.broadcast(key_rows).crossJoin(relevant).join(predictions, [by, USER_INDEX], "left")
         .select(
             by,
             USER_INDEX,
@@ -124,10 +120,9 @@ def ranking_metrics_by(
         values = row.asDict()
         key = values.pop(by)
         out[key] = {k: float(v) for k, v in values.items()}
-    if not out or (relevant_per_key and set(out) != {str(k) for k in keys}):
+    if not out:
         per_user.unpersist()
-        missing = sorted({str(k) for k in keys} - set(out)) if out else list(keys)
-        raise ValueError(f"evaluation: no users with held-out items (for {', '.join(map(str, missing))})")
+        raise ValueError("evaluation: no users with held-out items")
 
     # Coverage@K over the catalog; recommendations of the evaluated users only, ranked by
     # their place in the user's list (as the metrics above are).

@@ -121,8 +121,8 @@ def run(
     fallback = folds.fit_fallback(spark, interactions, n_items, fallback_choice)
     print(f"recommend: cold-user fallback {fallback_choice['chosen']} "
           f"({fallback_choice['metric']} on validation's {fallback_choice['judged_on']}: "
-          + ", ".join(f"{k} {v:.4f}" for k, v in fallback_choice["candidates"].items() if v is not None) + ")",
-          flush=True)
+          + ", ".join(f"{k} {v:.4f}" for k, v in fallback_choice["candidates"].items() if v is not None)
+          + f"; chosen by {fallback_choice['chosen_by']})", flush=True)
     mmr = conf.mmr_lambda is not None
     pool = min(n_items, conf.n * conf.mmr_pool_factor) if mmr else conf.n
     cands = candidates(users, serving, fallback, n_items=n_items, pool=pool, exclude_seen=conf.exclude_seen,

@@ -22,6 +22,8 @@ def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, names: list[s
     fits = [(name, registry.baseline_fit(name)) for name in names]
     # Every model's selection fit judged on validation in one Spark pass (the popularity stage's
     # two models: one pass instead of two, each a few seconds of fixed cost on any size of fold).
+    # The selection fits are held together until then: fine for these families' small state
+    # (popularity vectors, Markov's transitions); EASE's catalog-wide matrix has its own stage.
     selections = [fit(spark, name, split.training_rows(split_rows, final=False), n_items=n_items, cfg=cfg)
                   for name, fit in fits]
     validations = folds.validation_metrics_of(selections, split_rows, n_items, cfg)

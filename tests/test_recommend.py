@@ -281,6 +281,10 @@ def base_wh(spark, tmp_path_factory):
     load_job("train_baselines").main(common + ["--models", "popularity"])
     load_job("train_als").main(common + [a for s in ("als.ranks=[4]", "als.reg_params=[0.1]", "als.alphas=[10.0]",
                                                     "als.max_iters=[5]", "als.parallelism=1") for a in ("--set", s)])
+    # As in a night, evaluate runs before recommend and records the cold-user fallback it chose;
+    # every recommend run of these tests serves that choice (folds.recorded_fallback).
+    for day in (DAY1, DAY2):
+        load_job("evaluate").main(["--warehouse", wh, "--set", f"run_date={day}"])
     return wh
 
 
@@ -530,22 +534,22 @@ def test_a_failed_table_write_leaves_no_staging_and_the_next_write_cleans_a_kill
 
 @pytest.mark.spark
 @pytest.mark.spark
-def test_recommend_reuses_the_fallback_evaluate_chose_on_the_same_split_and_config(spark, base_wh, tmp_path):
+def test_recommend_reuses_the_fallback_evaluate_chose_on_the_same_split_and_settings(spark, base_wh, tmp_path):
     """The night's evaluate records its fallback choice with what it was made on; recommend serves that
-    choice (not judged again) only while the split table and every setting are the same."""
+    choice (not judged again) while the split, the item index and the settings the choice reads are the
+    same, in a copy of the warehouse too."""
     wh = copy_wh(base_wh, tmp_path)
-    load_job("evaluate").main(job_args(wh, DAY1))
     recorded = json.loads(Path(io.metrics_path(wh, DAY1, "_cold_start.json")).read_text())
-    load_job("recommend").main(job_args(wh, DAY1))
+    # A serving setting (how many candidates MMR reranks) does not change which candidate is best.
+    load_job("recommend").main(job_args(wh, DAY1, "recommend.mmr_pool_factor=4"))
     served = manifest(wh, DAY1)["fallback"]
     assert served["chosen_by"] == "evaluate"
     assert {k: v for k, v in served.items() if k != "chosen_by"} == recorded["fallback"]
 
-    # Another value of any setting: chosen again, by recommend (here the same choice: MMR's pool is not
-    # what the candidates are judged on).
-    load_job("recommend").main(job_args(wh, DAY1, "recommend.mmr_pool_factor=4"))
+    # Other candidates (a setting the choice reads): chosen again, by recommend, among those.
+    load_job("recommend").main(job_args(wh, DAY1, "popularity.fallback_windows_days=[3]"))
     again = manifest(wh, DAY1)["fallback"]
-    assert again["chosen_by"] == "recommend" and again["chosen"] == served["chosen"]
+    assert again["chosen_by"] == "recommend" and set(again["candidates"]) == {"popularity", "popularity_recent_3d"}
     # The split written again (a later modification time): chosen again too.
     load_job("split").main(["--warehouse", wh, "--set", f"run_date={DAY1}"])
     load_job("recommend").main(job_args(wh, DAY1))

@@ -8,7 +8,10 @@ cold-user fallback is chosen the same way, on validation's cold users
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -19,7 +22,8 @@ from recsys_spark.evaluate import ranking
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, baselines, fitted
 from recsys_spark.models.fitted import FittedModel
-from recsys_spark.schemas import EVAL_RECS, MODEL_COMPARISON, SEEN, SEGMENT, SPLIT, USER_INDEX
+from recsys_spark.schemas import (EVAL_RECS, ITEM_INDEX_TABLE, MODEL_COMPARISON, SEEN, SEGMENT, SPLIT,
+                                  USER_INDEX)
 
 FINAL_FOLD = "test"
 SELECTION_FOLD = "validation"
@@ -181,16 +185,24 @@ def choose_fallback(split_rows: DataFrame, n_items: int, cfg: Config) -> dict:
 
 
 def fallback_made_on(spark: SparkSession, cfg: Config) -> dict:
-    """What a fallback choice depends on: the split table's version and every setting. The evaluate
-    job records it beside its choice (``_cold_start.json``) so that recommend, later in the same night,
-    reuses the choice instead of judging the candidates again (:func:`recorded_fallback`)."""
-    path = io.table_path(cfg.warehouse, SPLIT)
-    return {"split": {"path": path, "modified": io.modification_time(spark, path)}, "config": cfg.fingerprint()}
+    """What a fallback choice depends on: the split table's and the item index's versions (their paths
+    inside the warehouse and modification times) and the settings :func:`choose_fallback` reads (the
+    ``evaluation`` and ``popularity`` sections). The evaluate job records it beside its choice
+    (``_cold_start.json``) so that recommend, later in the same night, reuses the choice instead of
+    judging the candidates again (:func:`recorded_fallback`). Serving's own settings (``recommend.*``,
+    the run date) change what is served, not which candidate is best on validation; a warehouse
+    copied with its files' times is the same data."""
+    versions = {table.name: {"path": table.path,
+                             "modified": io.modification_time(spark, io.table_path(cfg.warehouse, table))}
+                for table in (SPLIT, ITEM_INDEX_TABLE)}
+    settings = {"evaluation": dataclasses.asdict(cfg.evaluation), "popularity": dataclasses.asdict(cfg.popularity)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return {**versions, "settings": digest}
 
 
 def recorded_fallback(spark: SparkSession, cfg: Config, run_date: str) -> dict | None:
-    """The choice evaluate recorded for ``run_date``, when made on this same split under this same
-    config (:func:`fallback_made_on`); None otherwise (the caller chooses again)."""
+    """The choice evaluate recorded for ``run_date``, when made on this same split and item index under
+    the same settings (:func:`fallback_made_on`); None otherwise (the caller chooses again)."""
     report = io.read_json_if_exists(spark, io.metrics_path(cfg.warehouse, run_date, COLD_START_FILE))
     if not report or report.get("made_on") != fallback_made_on(spark, cfg) or "fallback" not in report:
         return None

@@ -24,7 +24,9 @@ softmax's other items:
   per batch), divided by ``temperature``; the cross-entropy targets the row's
   item. The row's other positives (every item of its history, which holds the
   user's training items, except the target itself) are not negatives and are
-  masked out of the softmax. No log-q correction: the correction makes a
+  masked out of the softmax; the batch carries the newest
+  ``neural.history_length`` of them, so older ones of a longer history stay in
+  the denominator. No log-q correction: the correction makes a
   *sampled* softmax an unbiased estimate of the full one by undoing how often
   the sampler shows each item (popular items fill batches and would otherwise
   be pushed down too often); here every item is in every denominator exactly
@@ -42,14 +44,16 @@ softmax's other items:
   positive item again (a duplicate in the batch), or another positive of the
   same user, is not a negative and is masked.
 
-Why full is the default: on MovieLens-100K (random split, default search) the
-in-batch objective's trials all peaked at epoch 4-9 and the model reached test
-NDCG@10 0.3916, 0.86x of ALS; see docs/benchmarks.md (two-tower) for the
-full-softmax measurement that chose it.
+Why full is the default: on MovieLens-100K (random 75/25 split, the night's
+default 8-trial search, 2026-12-02) it led in-batch on validation NDCG@10
+(0.1472 against 0.1441) and on test (0.3918 against 0.3787), at about the
+same time and memory per epoch on that 1,682-item catalog (docs/benchmarks.md, "The
+neural models' settings search on ml-100k"). Choose ``in_batch`` when the
+catalog is large: the step's cost grows with B x n_items, and the memory
+check refuses a full softmax that does not fit and says so.
 
-In both, the user tower sees only the
-history before the target in that row (the batch history holds every training
-item, the target included): the model learns to predict what comes next from
+In both, the user tower sees only the history before the target in that row
+(the batch history holds every training item, the target included): the model learns to predict what comes next from
 what came before, which is what serving asks of it with the full history.
 Without the cut it learns to point at the history (which serving excludes); with
 only the target removed it learns "the item missing from the history", which
@@ -129,7 +133,7 @@ class TwoTower(RecModel):
         "tower_layers": [128],  # hidden widths of each tower's MLP ([] for a single linear layer)
         "output_dim": 64,  # size of the user and item vectors
         "normalize": True,  # L2-normalise both vectors (cosine similarity)
-        "temperature": 0.05,  # softmax temperature on the similarities (lower: sharper)
+        "temperature": 0.2,  # softmax temperature on the similarities (lower: sharper); 0.2 led on ml-100k validation (docs/benchmarks.md)
         "negatives": "full",  # full: softmax over the whole catalog (B x n_items logits); in_batch: the batch's items (B x B), for catalogs too large for full
         "logq_correction": True,  # in_batch only: subtract log q(item) from the logits (Yi et al. 2019)
         "dropout": 0.0,  # dropout between tower layers

@@ -328,8 +328,57 @@ def test_torch_scorer_builds_histories_and_blanks_unknown_users(spark):
 # --------------------------------------------------------------------------- model-specific
 
 
+def test_two_tower_full_softmax_masks_the_users_other_positives():
+    """Full softmax: every catalog item is a column, and the items of the row's history other
+    than its target (the user's other positives) are masked out of the denominator."""
+    model = build("two_tower", {"negatives": "full"}).eval()
+    # Row 0's target is in its history (the trainer's case); row 1's (23) is not in user 2's.
+    users, items = torch.tensor([0, 2]), torch.tensor([TRAIN[0][3], 23])
+    history, history_len = pad([TRAIN[0], TRAIN[2]])
+    batch = {"user_index": users, "item_index": items, "history": history, "history_len": history_len}
+    with torch.no_grad():
+        before, before_len = pad([TRAIN[0][:3], TRAIN[2]])  # the user tower sees what came before the target
+        logits = model.user_vectors(users, before, before_len) @ model.item_vectors().T
+        logits = logits / TEST_PARAMS["two_tower"]["temperature"]
+        want, unmasked = [], []
+        for row, (target, seen) in enumerate(zip(items.tolist(), (TRAIN[0], TRAIN[2]))):
+            kept = [i for i in range(N_ITEMS) if i == target or i not in seen]
+            assert len(kept) == N_ITEMS - len(seen) + (target in seen)
+            want.append(torch.logsumexp(logits[row, kept], dim=0) - logits[row, target])
+            unmasked.append(torch.logsumexp(logits[row], dim=0) - logits[row, target])
+        got = model.loss(batch, context()).item()
+        assert got == pytest.approx(torch.stack(want).mean().item(), rel=1e-5)
+        assert got < torch.stack(unmasked).mean().item() - 1e-3  # the mask removed real mass
+        # No sampling, so no log-q correction: q changes nothing.
+        ctx = context()
+        ctx.item_log_q = torch.log(torch.linspace(0.01, 1.0, N_ITEMS))
+        assert model.loss(batch, ctx).item() == pytest.approx(got, rel=1e-6)
+
+
+def test_two_tower_budgets_the_full_softmax_logits():
+    from recsys_spark import memory
+    from recsys_spark.train import neural
+
+    cls = registry.get("two_tower")
+    full = cls.score_rows_per_step(batch_size=1024, history_length=50, params={"negatives": "full"})
+    assert full >= 3 * 1024 and cls.score_rows_per_step(batch_size=1024, history_length=50,
+                                                        params={"negatives": "in_batch"}) < full
+    # 1M items at batch 1024: GBs of logits a step, refused with the way out named.
+    kwargs = {"n_users": 1000, "n_items": 1_000_000, "params": {"negatives": "full"}}
+    need = memory.training_need(memory.parameter_bytes(cls, kwargs), n_items=1_000_000, score_rows=full)
+    with pytest.raises(memory.MemoryBudgetError, match="negatives: in_batch"):
+        neural.check_training_memory(cls, kwargs, name="two_tower", n_items=1_000_000, batch_size=1024,
+                                     num_processes=1, available=int(need / memory.PYTHON_SHARE * 0.9),
+                                     history_length=50)
+    in_batch = {**kwargs, "params": {"negatives": "in_batch"}}
+    neural.check_training_memory(cls, in_batch, name="two_tower", n_items=1_000_000, batch_size=1024,
+                                 num_processes=1, available=int(need / memory.PYTHON_SHARE * 0.9), history_length=50)
+    with pytest.raises(ValueError, match="negatives must be one of"):
+        cls.build(n_users=2, n_items=3, params={"negatives": "sampled"})
+
+
 def test_two_tower_masks_in_batch_duplicates_of_the_positive():
-    model = build("two_tower")
+    model = build("two_tower", {"negatives": "in_batch"})
     history, history_len = pad([TRAIN[u] for u in (0, 1, 2)])
     batch = {"user_index": torch.tensor([0, 1, 2]), "item_index": torch.tensor([5, 5, 5]),
              "history": history, "history_len": history_len}
@@ -337,8 +386,8 @@ def test_two_tower_masks_in_batch_duplicates_of_the_positive():
     assert model.loss(batch, context()).item() == pytest.approx(0.0, abs=1e-6)
 
 
-def test_two_tower_loss_is_the_log_q_corrected_softmax():
-    model = build("two_tower").eval()
+def test_two_tower_in_batch_loss_is_the_log_q_corrected_softmax():
+    model = build("two_tower", {"negatives": "in_batch"}).eval()
     users, items = torch.tensor([0, 30, 31]), torch.tensor([1, 13, 20])
     history, history_len = pad([[2, 3], [14], [21, 22]])  # the targets are not in these histories
     batch = {"user_index": users, "item_index": items, "history": history, "history_len": history_len}
@@ -360,7 +409,9 @@ def test_two_tower_loss_is_the_log_q_corrected_softmax():
 
 
 def test_two_tower_trains_on_the_history_before_the_target():
-    model = build("two_tower").eval()
+    # In-batch: its mask does not read the history, so only the user tower could tell the two apart
+    # (the full softmax masks the whole history's items; its test above cuts the history the same way).
+    model = build("two_tower", {"negatives": "in_batch"}).eval()
     users, items = torch.tensor([0, 1, 2]), torch.tensor([TRAIN[0][3], TRAIN[1][0], 23])  # 23: not in user 2's history
     full, full_len = pad([TRAIN[0], TRAIN[1], TRAIN[2]])
     before, before_len = pad([TRAIN[0][:3], [], TRAIN[2]])

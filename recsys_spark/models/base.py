@@ -83,6 +83,12 @@ class RecModel(torch.nn.Module):
         (the sequence models: every position) says so."""
         return 3 * batch_size
 
+    @classmethod
+    def memory_remedy(cls, params: dict[str, Any] | None = None) -> str:
+        """A model-specific way out, appended to the trainer's memory refusal (e.g. a cheaper
+        objective); empty by default."""
+        return ""
+
     def loss(self, batch: dict[str, torch.Tensor], ctx: TrainContext) -> torch.Tensor:
         raise NotImplementedError
 

@@ -181,8 +181,9 @@ def check_training_memory(
     The need comes from the model's own parameters (built on the meta device, so
     catalog-wide layers such as Mult-VAE's are counted whatever the model) and
     [rows, items] blocks (the class's ``score_rows_per_step``: a sequence model scores every
-    position of ``history_length``, not one row per user). Each process is checked against
-    ``spark.executor.pyspark.memory`` when set; all of them together against
+    position of ``history_length``, not one row per user; the two-tower model's full softmax a
+    batch's logits over the catalog); the class's ``memory_remedy`` joins the refusal's message.
+    Each process is checked against ``spark.executor.pyspark.memory`` when set; all of them together against
     what this machine has available (``available``; default: measured), which
     is where they run on a local master or the local standalone cluster.
     A graph model (``needs_graph``) adds its graph of ``graph_edges`` training
@@ -198,9 +199,14 @@ def check_training_memory(
     if graph_edges:
         per_process += cls.graph_bytes(n_users=build_kwargs["n_users"], n_items=n_items, n_edges=graph_edges,
                                        params=build_kwargs.get("params"))
+    grows_with_history = score_rows != cls.score_rows_per_step(batch_size=batch_size, history_length=1,
+                                                               params=build_kwargs.get("params"))
     remedy = (f"Lower neural.batch_size (neural.per_model.{name}.batch_size) or the model's catalog-wide sizes "
-              f"(neural.models.{name}){', or neural.history_length' if score_rows > 3 * batch_size else ''}, "
+              f"(neural.models.{name}){', or neural.history_length' if grows_with_history else ''}, "
               "run fewer neural.num_processes, or leave the model out (RECSYS_MODELS for scripts/pipeline.sh).")
+    model_remedy = cls.memory_remedy(build_kwargs.get("params"))
+    if model_remedy:
+        remedy += " " + model_remedy
     if graph_edges:
         remedy += (f" Its training graph ({graph_edges:,} edges) is held whole by every process: lower "
                    f"neural.models.{name}.embedding_dim or .layers, or run fewer processes.")

@@ -64,9 +64,10 @@ included); serving always reads the whole history:
   embedding, the id can memorise the whole history, and the difference between
   that and the history minus the target points at the target ("the item missing
   from the history", which breaks once serving gives the complete history);
-  without the id, the tower sees the other items only, and the full softmax masks
-  those as negatives. ``history_dropout`` (training only) also drops each input item
-  with that probability, a denoising input as in Mult-VAE.
+  without the id, the tower sees the other items only, and the full softmax
+  does not count those as negatives (masked). ``history_dropout`` (training
+  only) also drops each input item with that probability, a denoising input as
+  in Mult-VAE.
 * ``"prefix"``: the user-id embedding and the history before the target (time
   order): the model learns to predict what comes next from what came before.
   Without the cut (the whole history, target included) it learns to point at
@@ -75,11 +76,13 @@ included); serving always reads the whole history:
 Why others is the default: on MovieLens-100K (random 75/25 split,
 ``scripts/sweep_neural.py``, full softmax, temperature 0.2, 2026-12-02) it led
 prefix on validation NDCG@10 (0.1493 against 0.1386) and on test (0.4102
-against 0.3999) (docs/benchmarks.md). That split is random, so the held-out items
-are a random part of the user's set, not their next ones. On a temporal split
-(the config's default protocol, and the synthetic demo's) the held-out items are
-the newest, and prefix (predict the next from the past) may fit better; it has
-not been measured there: set ``user_input: prefix`` to compare.
+against 0.3999), and the night's 8-trial search with it reached test NDCG@10
+0.4322, 0.947x ALS, against 0.3918 (0.86x) with prefix (docs/benchmarks.md).
+That split is random, so the held-out items are a random part of the user's
+set, not their next ones. On a temporal split (the config's default protocol,
+and the synthetic demo's) the held-out items are the newest, and prefix
+(predict the next from the past) may fit better; it has not been measured
+there: set ``user_input: prefix`` to compare.
 
 Item metadata is data, not weights: it is a non-persistent buffer, so a model
 is rebuilt with the same ``item_features`` before ``load_state_dict``.

@@ -331,7 +331,7 @@ def test_torch_scorer_builds_histories_and_blanks_unknown_users(spark):
 def test_two_tower_full_softmax_masks_the_users_other_positives():
     """Full softmax: every catalog item is a column, and the items of the row's history other
     than its target (the user's other positives) are masked out of the denominator."""
-    model = build("two_tower", {"negatives": "full"}).eval()
+    model = build("two_tower", {"negatives": "full", "user_input": "prefix"}).eval()
     # Row 0's target is in its history (the trainer's case); row 1's (23) is not in user 2's.
     users, items = torch.tensor([0, 2]), torch.tensor([TRAIN[0][3], 23])
     history, history_len = pad([TRAIN[0], TRAIN[2]])
@@ -408,16 +408,60 @@ def test_two_tower_in_batch_loss_is_the_log_q_corrected_softmax():
         assert model.loss(batch, ctx).item() == pytest.approx(plain.item(), rel=1e-5)
 
 
-def test_two_tower_trains_on_the_history_before_the_target():
+def test_two_tower_prefix_trains_on_the_history_before_the_target():
     # In-batch: its mask does not read the history, so only the user tower could tell the two apart
     # (the full softmax masks the whole history's items; its test above cuts the history the same way).
-    model = build("two_tower", {"negatives": "in_batch"}).eval()
+    model = build("two_tower", {"negatives": "in_batch", "user_input": "prefix"}).eval()
     users, items = torch.tensor([0, 1, 2]), torch.tensor([TRAIN[0][3], TRAIN[1][0], 23])  # 23: not in user 2's history
     full, full_len = pad([TRAIN[0], TRAIN[1], TRAIN[2]])
     before, before_len = pad([TRAIN[0][:3], [], TRAIN[2]])
     a = model.loss({"user_index": users, "item_index": items, "history": full, "history_len": full_len}, context())
     b = model.loss({"user_index": users, "item_index": items, "history": before, "history_len": before_len}, context())
     assert a.item() == pytest.approx(b.item(), rel=1e-6)
+
+
+def test_two_tower_others_input_is_the_history_without_the_target_and_no_user_id():
+    """user_input "others": the user tower sees the row's whole history bar its target (not the
+    prefix before it) and no user-id embedding; serving reads the full history the same way."""
+    model = build("two_tower", {"user_input": "others", "negatives": "in_batch"}).eval()
+    assert model.user_embedding is None and not any("user_embedding" in k for k in model.state_dict())
+    items = torch.tensor([TRAIN[0][3], TRAIN[1][0], 23])  # 23: not in user 2's history
+    full, full_len = pad([TRAIN[0], TRAIN[1], TRAIN[2]])
+    others, others_len = pad([TRAIN[0][:3] + TRAIN[0][4:], TRAIN[1][1:], TRAIN[2]])
+    before, before_len = pad([TRAIN[0][:3], [], TRAIN[2]])
+
+    def loss(users, history, history_len):
+        batch = {"user_index": torch.tensor(users), "item_index": items, "history": history, "history_len": history_len}
+        return model.loss(batch, context()).item()
+
+    got = loss([0, 1, 2], full, full_len)
+    assert got == pytest.approx(loss([0, 1, 2], others, others_len), rel=1e-6)
+    assert got != pytest.approx(loss([0, 1, 2], before, before_len), rel=1e-3)  # not the prefix
+    # The user's id is not an input: other (distinct) ids, the same loss and vectors.
+    assert got == pytest.approx(loss([40, 41, 42], full, full_len), rel=1e-6)
+    with torch.no_grad():
+        torch.testing.assert_close(model.user_vectors(torch.tensor([0, 1, 2]), full, full_len),
+                                   model.user_vectors(torch.tensor([40, 41, 42]), full, full_len))
+
+
+def test_two_tower_history_dropout_only_while_training():
+    params = {"user_input": "others", "negatives": "full", "history_dropout": 0.5}
+    model, plain = build("two_tower", params), build("two_tower", {**params, "history_dropout": 0.0})
+    history, history_len = pad([TRAIN[u] for u in range(6)])
+    batch = {"user_index": torch.arange(6), "item_index": torch.tensor([TRAIN[u][0] for u in range(6)]),
+             "history": history, "history_len": history_len}
+    with torch.no_grad():
+        model.eval(), plain.eval()
+        assert model.loss(batch, context()).item() == pytest.approx(plain.loss(batch, context()).item(), rel=1e-6)
+        model.train()
+        seen = model.training_input(history, batch["item_index"])
+        kept = (seen != N_ITEMS).sum().item()
+        assert 0 < kept < (history != N_ITEMS).sum().item() - 6  # some dropped beyond the targets
+        assert model.loss(batch, context()).item() != pytest.approx(plain.loss(batch, context()).item(), rel=1e-4)
+    with pytest.raises(ValueError, match="history_dropout"):
+        registry.get("two_tower").build(n_users=2, n_items=3, params={"history_dropout": 1.0})
+    with pytest.raises(ValueError, match="user_input must be one of"):
+        registry.get("two_tower").build(n_users=2, n_items=3, params={"user_input": "all"})
 
 
 def test_two_tower_item_features_reach_the_item_vectors():

@@ -533,7 +533,6 @@ def test_a_failed_table_write_leaves_no_staging_and_the_next_write_cleans_a_kill
 
 
 @pytest.mark.spark
-@pytest.mark.spark
 def test_recommend_reuses_the_fallback_evaluate_chose_on_the_same_split_and_settings(spark, base_wh, tmp_path):
     """The night's evaluate records its fallback choice with what it was made on; recommend serves that
     choice (not judged again) while the split, the item index and the settings the choice reads are the

@@ -69,13 +69,12 @@ def night_argv(root: Path, wh: Path, ui_port: int, timeout_s: int) -> list[str]:
 
 
 def start_night(cluster, root: Path, name: str, ui_port: int, *, generate: bool = False,
-                master: str | None = None, stages: str = STAGES, timeout_s: int = TIMEOUT_S) -> tuple:
+                stages: str = STAGES, timeout_s: int = TIMEOUT_S) -> tuple:
     logs = root / name / "logs"
     env = {**cluster.env, "RECSYS_LOG_DIR": str(logs), "RECSYS_MODELS": "",
            "RECSYS_STAGES": ("generate_events " if generate else "") + stages,
            "RECSYS_GENERATE": "1" if generate else "0"}
-    if master:
-        env["SPARK_MASTER"] = master  # else submit.sh picks the running cluster (RECSYS_SET's run dir)
+    # No SPARK_MASTER (cluster.env drops it): submit.sh picks the running cluster (RECSYS_SET's run dir).
     logs.mkdir(parents=True, exist_ok=True)
     with open(logs.parent / "output.txt", "w") as out:
         # Its own process group: a test that fails half way ends the night's whole tree (`nights`).

@@ -1,6 +1,7 @@
 """Shared fixtures: one local[2] SparkSession for the whole run, data paths."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -19,6 +20,15 @@ TINY_SYNTHETIC = [
     "synthetic.bot_users=2",
     "synthetic.bot_events_each=300",
 ]
+
+
+# Spark's own switch for its tests: queries interpreted, not compiled (whole-stage and expression
+# codegen, Janino). Tests run hundreds of small distinct queries, where compiling each one's
+# generated Java costs more CPU than running it: interpreted, test_recommend.py took 182 s instead
+# of 249 s, the failing-model night of test_nightly_run 53 s instead of 61-65 s. The results are
+# the same. The runs that test a real deployment keep Spark's defaults, codegen included: the
+# standalone cluster and its worker faults, the `local[2]` submit of train_neural, the demo.
+INTERPRETED = {"spark.sql.codegen.wholeStage": "false", "spark.sql.codegen.factoryMode": "NO_CODEGEN"}
 
 
 def load_job(name: str):
@@ -58,14 +68,9 @@ def spark(tmp_path_factory):
             # The session's own catalog: tests register tables in it without a Derby
             # database per run (the embedded metastore is tested across JVMs in test_nightly_run).
             "catalog.metastore=session",
-            # Tests run hundreds of small distinct queries, where compiling each one's generated
-            # Java (whole-stage and expression codegen, Janino) costs more CPU than running it:
-            # interpreted, test_recommend.py took 182 s instead of 249 s. The results are the same;
-            # the nights that tests run through scripts/pipeline.sh keep Spark's defaults, codegen included.
-            # (spark.sql.codegen.factoryMode is Spark's own switch for its tests.)
-            "spark.extra={spark.ui.enabled: 'false', spark.sql.codegen.wholeStage: 'false', "
-            "spark.sql.codegen.factoryMode: 'NO_CODEGEN', spark.sql.warehouse.dir: '%s'}"
-            % tmp_path_factory.mktemp("spark-warehouse"),
+            # Queries interpreted (INTERPRETED, above).
+            "spark.extra=" + json.dumps({"spark.ui.enabled": "false", **INTERPRETED,
+                                         "spark.sql.warehouse.dir": str(tmp_path_factory.mktemp("spark-warehouse"))}),
         ]
     )
     session = build_spark(cfg, app_name="recsys-spark-tests")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import INTERPRETED, REPO
 
 pytestmark = [pytest.mark.slow]
 
@@ -63,7 +63,8 @@ def write_catalog(root: Path) -> Path:
 def run_pipeline(root: Path, dataset: Path, *sets: str, stages: str | None = None, isolated: bool = False,
                  timeout: int = 1500) -> tuple[int, dict, str]:
     logs = root / "logs"
-    argv = ["--dataset", str(dataset), "--warehouse", str(root / "wh"), "--set", "run_date=2017-08-01"]
+    argv = ["--dataset", str(dataset), "--warehouse", str(root / "wh"), "--set", "run_date=2017-08-01",
+            "--set", "spark.extra=" + json.dumps(INTERPRETED)]
     for s in sets:
         argv += ["--set", s]
     env = {**os.environ, "RECSYS_LOG_DIR": str(logs), "RECSYS_MODELS": "",

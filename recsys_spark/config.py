@@ -473,7 +473,7 @@ class NeuralConf:
     per_model: dict[str, dict[str, Any]] = field(
         default_factory=lambda: {"multvae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
                                  "lightgcn": {"learning_rate": 0.005, "epochs": 60, "patience": 5},
-                                 "neumf": {"learning_rate": 0.003, "epochs": 40, "patience": 4},
+                                 "neumf": {"learning_rate": 0.003, "epochs": 40, "patience": 8},
                                  "dlae": {"batch_size": 32, "history_length": 1000, "epochs": 100, "patience": 10},
                                  # Sequence models: one example per user too; a history longer than the model's
                                  # window holds more training windows than the newest one. Their validation

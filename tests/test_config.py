@@ -92,7 +92,7 @@ def test_a_later_layers_neural_setting_wins_over_an_earlier_per_model_default():
     demo = load_config(files=[CONF_DIR / "demo.yaml"])
     by_model = {m: demo.for_neural_model(m).neural for m in ("multvae", "gru4rec", "caser", "neumf", "lightgcn")}
     assert {m: (n.epochs, n.patience) for m, n in by_model.items()} == {
-        "multvae": (20, 3), "gru4rec": (20, 3), "caser": (10, 3), "neumf": (30, 3), "lightgcn": (30, 3)}
+        "multvae": (20, 3), "gru4rec": (20, 3), "caser": (10, 3), "neumf": (30, 8), "lightgcn": (30, 3)}
     assert by_model["lightgcn"].learning_rate == 0.005 and by_model["caser"].history_length == 50
 
 

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     runner = (pipeline.isolated_runner(JOBS, submit=REPO / "scripts" / "submit.sh", cwd=REPO) if isolated
               else pipeline.in_driver_runner(JOBS))
     try:
-        status = pipeline.run(stages, job_args, runner, log_dir=log_dir, mode=mode, resume=resume)
+        # In one driver, the night's neural models share one launch of the training processes.
+        status = pipeline.run(stages, job_args, runner, log_dir=log_dir, mode=mode, resume=resume,
+                              share_launch=not isolated)
     finally:
         if lock is not None:
             lock.release()

@@ -23,7 +23,7 @@ def main(argv=None) -> dict:
     args, cfg = parse_job_args(__doc__, argv, lambda p: p.add_argument(
         "--model", required=True, help=f"registered neural model: {', '.join(registry.names())}"))
     registry.get(args.model)  # an unknown name fails before any Spark work (exit 2, job_main)
-    cfg = cfg.for_neural_model(args.model)  # neural.per_model.<name> over neural.*
+    cfg.for_neural_model(args.model)  # its neural.per_model entry is checked before any Spark work
     spark = build_spark(cfg, f"train_neural_{args.model}")
     # Cached: both phases and both scorings read it.
     split_rows = io.read_table(spark, cfg.warehouse, SPLIT).cache()

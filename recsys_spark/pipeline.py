@@ -31,6 +31,7 @@ the stages that succeeded with unchanged inputs (:mod:`recsys_spark.nightly`).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import importlib.util
@@ -49,6 +50,7 @@ from typing import Any, TextIO
 
 from recsys_spark.models import registry
 from recsys_spark.session import exit_code_of
+from recsys_spark.train import shared_launch
 from recsys_spark.watchdog import ExecutorsLostError
 
 EXIT_OK, EXIT_NOTHING_PUBLISHED, EXIT_CONFIG, EXIT_PARTIAL, EXIT_LOCKED = 0, 1, 2, 3, 4
@@ -149,7 +151,7 @@ StageRunner = Callable[[Stage, list[str], Path], tuple]
 
 
 def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner, *, log_dir: Path,
-        mode: str, out: TextIO | None = None, resume: Any = None) -> RunStatus:
+        mode: str, out: TextIO | None = None, resume: Any = None, share_launch: bool = False) -> RunStatus:
     """Run ``stages`` in order through ``run_stage`` and return the run's status (also written to
     ``log_dir/status.json`` after every stage, so a killed run still shows how far it got).
 
@@ -157,8 +159,35 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
     recommend get ``--models`` with the models trained so far (none trained in
     this run, e.g. a partial rerun: every model on disk). With ``resume`` (a
     :class:`recsys_spark.nightly.Resume`), each result goes into the date's run
-    manifest and a stage done earlier with unchanged inputs is skipped.
+    manifest and a stage done earlier with unchanged inputs is skipped. With ``share_launch``
+    (a night in one driver), the neural models that the run's stages will train share one
+    launch of the training processes (:mod:`recsys_spark.train.shared_launch`).
     """
+    with contextlib.ExitStack() as planned:
+        return _run(stages, job_args, run_stage, log_dir=log_dir, mode=mode, out=out, resume=resume,
+                    plan_shared_launch=(lambda i, before_from: planned.enter_context(shared_launch.planned(
+                        _neural_models_to_run(stages[i:], job_args, resume, before_from))))
+                    if share_launch else None)
+
+
+def _neural_models_to_run(stages: Sequence[Stage], job_args: Sequence[str], resume: Any,
+                          before_from: bool) -> list[str]:
+    """The models of the ``train_neural`` stages among ``stages`` that this run will not skip."""
+    models = []
+    for stage in stages:
+        if stage.job != "train_neural":
+            continue
+        if resume is not None:
+            if before_from and stage.key == resume.from_stage:
+                before_from = False
+            argv = [*stage.args, *job_args]
+            if resume.skip_reason(stage, argv, resume.inputs(stage), before_from=before_from) is not None:
+                continue
+        models += stage.models
+    return models
+
+
+def _run(stages, job_args, run_stage, *, log_dir, mode, out, resume, plan_shared_launch) -> RunStatus:
     out = out or sys.stdout
 
     def say(text: str, end: str = "\n") -> None:
@@ -182,7 +211,7 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
         return status
 
     before_from = resume is not None and resume.from_stage is not None
-    for stage in stages:
+    for i, stage in enumerate(stages):
         argv = [*stage.args]
         if stage.takes_models and trained:
             argv += ["--models", ",".join(trained)]
@@ -202,6 +231,9 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
                 if resume.succeeded_before(stage):
                     trained += stage.models
                 continue
+        if plan_shared_launch is not None and stage.job == "train_neural":
+            plan_shared_launch(i, before_from)  # at the first neural stage that runs: its inputs are made
+            plan_shared_launch = None
         started = time.time()
         say(f"{stage.name:<34}", end="")
         code, reason, *rest = run_stage(stage, argv, log)

@@ -10,6 +10,7 @@ tested on its own in tests/test_trainer.py.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import shutil
 
@@ -229,3 +230,50 @@ def test_neumf_trained_by_the_job_is_served_with_its_own_forward_scores(spark, t
         mine = top[top.user_index == user].sort_values("rank")
         assert mine.item_index.tolist() == want.topk(5).indices.tolist(), user
         np.testing.assert_allclose(mine.score.to_numpy(), want.topk(5).values.numpy(), rtol=1e-5)
+
+
+def test_a_night_in_one_driver_trains_its_neural_models_in_one_launch_each_as_alone(spark, tmp_path, monkeypatch,
+                                                                                    in_process_training,
+                                                                                    planted_template):
+    """recsys_spark/train/shared_launch.py: the night's two neural stages, run in one driver,
+    launch the training processes once (the first stage trains both, one after the other);
+    each stage still scores, judges and saves its own model, and the model trained second
+    is the model its own launch trains, to the bit (every fit reseeds from its own settings)."""
+    from recsys_spark import pipeline
+    from recsys_spark.models import artifacts
+    from tests.conftest import REPO
+
+    launches = []
+    run_in_process = distributed.run
+
+    def counted(spark, job, *, num_processes):
+        launches.append([j.model_name for j in (job if isinstance(job, list) else [job])])
+        return run_in_process(spark, job, num_processes=num_processes)
+
+    monkeypatch.setattr(distributed, "run", counted)
+    sets = ["neural.num_processes=1", "neural.epochs=2", "neural.batch_size=64", "neural.learning_rate=0.01",
+            "evaluation.ks=[5]", "evaluation.primary_metric=ndcg_at_5", "neural.search.trials=1",
+            f"neural.cache_dir={tmp_path / 'cache'}", f"neural.checkpoint_dir={tmp_path / 'ck'}",
+            "neural.models={neumf: {embedding_dim: 4, mlp_layers: [8, 4]}, "
+            "two_tower: {embedding_dim: 8, tower_layers: [], output_dim: 8}}"]
+    args = [a for s in sets for a in ("--set", s)]
+    night = _planted_copy(planted_template, tmp_path / "night")
+    stages = [s for s in pipeline.plan(["two_tower", "neumf"]) if s.job == "train_neural"]
+    status = pipeline.run(stages, ["--warehouse", night, *args], pipeline.in_driver_runner(REPO / "jobs"),
+                          log_dir=tmp_path / "logs", mode="test", out=io.StringIO(), share_launch=True)
+    assert [s.status for s in status.stages] == ["ok", "ok"], status.to_json()
+    assert launches == [["two_tower", "neumf"]]
+    assert "shared launch: 2 models trained" in (tmp_path / "logs" / "train_neural_two_tower.log").read_text()
+    assert "trained in the shared launch of stage 'train_neural two_tower'" in (
+        tmp_path / "logs" / "train_neural_neumf.log").read_text()
+    for model in ("two_tower", "neumf"):
+        assert "ndcg_at_5" in artifacts.load_metadata(spark, night, model)["metrics"]["validation"]
+
+    alone = _planted_copy(planted_template, tmp_path / "alone")
+    report = load_job("train_neural").main(["--model", "neumf", "--warehouse", alone, *args])
+    assert report["launch"] == "own" and launches[-1] == ["neumf"]
+    assert artifacts.load_state_dict_bytes(spark, night, "neumf") == artifacts.load_state_dict_bytes(
+        spark, alone, "neumf")
+    shared_meta, alone_meta = (artifacts.load_metadata(spark, wh, "neumf") for wh in (night, alone))
+    assert [h["loss"] for h in shared_meta["history"]] == [h["loss"] for h in alone_meta["history"]]
+    assert shared_meta["metrics"] == alone_meta["metrics"]

@@ -99,19 +99,22 @@ def build_model(job: WorkerJob, params: dict[str, Any] | None = None, *, graph: 
     return cls.build(**kwargs)
 
 
-def _worker(job: WorkerJob):
-    """One training process (runs under torchrun: RANK, WORLD_SIZE, MASTER_ADDR are set)."""
-    import dataclasses
-    import json
+def _worker(job: "WorkerJob | list[WorkerJob]"):
+    """One training process (runs under torchrun: RANK, WORLD_SIZE, MASTER_ADDR are set).
+
+    ``job`` may be a list: the models of one shared launch (:func:`run_many`), trained one
+    after the other in the same process group; rank 0 returns their results in order.
+    """
+    import gc
     import os
 
     import torch
     import torch.distributed as dist
 
-    from recsys_spark.train import loop
-
-    torch.set_num_threads(max(1, job.threads_per_process))
-    use_cuda = job.use_gpu
+    jobs = job if isinstance(job, list) else [job]
+    first = jobs[0]
+    torch.set_num_threads(max(1, first.threads_per_process))
+    use_cuda = first.use_gpu
     if use_cuda and not torch.cuda.is_available():
         # Spark gave this task a GPU (neural.use_gpu resolved true): training on the CPU
         # instead would be a silent fallback that the run's report still calls a GPU run.
@@ -125,66 +128,82 @@ def _worker(job: WorkerJob):
         device = torch.device("cpu")
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     try:
-        rank, world = dist.get_rank(), dist.get_world_size()
-
-        def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str,
-                params=None, should_prune=None, graph=None):
-            def loader_factory(epoch: int):
-                return data.shard_loader(
-                    rank=rank, world_size=world, batch_size=job.batch_size, seed=settings.seed, epoch=epoch
-                )
-
-            return loop.train(
-                build_model(job, params, graph=graph),  # freshly initialised, the same on every rank and for both phases
-                loader_factory,
-                settings,
-                item_counts=item_counts,
-                validation=data.validation_set() if validate else None,
-                device=device,
-                checkpoint_dir=checkpoint_dir,
-                run_key=run_key,
-                steps_per_epoch_hint=data.steps_per_epoch(job.batch_size, world),
-                log=lambda line: print(f"[{job.model_name}{phase}] {line}", flush=True),
-                should_prune=should_prune,
-            )
-
-        def broadcast(obj):
-            box = [obj]
-            dist.broadcast_object_list(box, src=0)
-            return box[0]
-
-        chosen_params, chosen_trainer = {}, {}
-        if job.search is not None and job.search.active:
-            from recsys_spark.train import search
-
-            def trial(values, should_prune):
-                params, trainer = job.search.split(values)
-                # Trials keep no checkpoint: a search interrupted is run again (its
-                # study lives in rank 0's memory); the refit after it checkpoints.
-                return fit(job.data, dataclasses.replace(job.settings, **trainer), job.item_counts, validate=True,
-                           checkpoint_dir=None, run_key="", phase=" search", params=params,
-                           should_prune=should_prune, graph=job.graph)
-
-            selected = search.run(job.search, trial, rank=rank, broadcast=broadcast,
-                                  log=lambda line: print(f"[{job.model_name} search] {line}", flush=True))
-            chosen_params, chosen_trainer = job.search.split(
-                broadcast(selected["search"]["chosen"] if rank == 0 else None))
-        else:
-            selected = fit(job.data, job.settings, job.item_counts, validate=job.validate,
-                           checkpoint_dir=job.checkpoint_dir, run_key=job.run_key, phase="", graph=job.graph)
-        if job.refit is None:
-            return selected
-        best = broadcast(selected["best_epoch"] if rank == 0 else None)
-        settings = dataclasses.replace(job.refit.settings, **chosen_trainer, epochs=int(best) + 1,
-                                       schedule_epochs=job.settings.epochs, early_stopping=False)
-        refit_key = job.refit.run_key + (json.dumps([chosen_params, chosen_trainer], sort_keys=True, default=str)
-                                         if job.search is not None else "")
-        refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False,
-                    checkpoint_dir=job.refit.checkpoint_dir, run_key=refit_key, phase=" refit",
-                    params=chosen_params, graph=job.refit.graph)
-        return {"selection": selected, "refit": refit} if rank == 0 else None
+        results = []
+        for one in jobs:
+            results.append(_train(one, device))
+            gc.collect()  # the previous model's tensors, before the next one's are built
+        return (results if isinstance(job, list) else results[0]) if dist.get_rank() == 0 else None
     finally:
         dist.destroy_process_group()
+
+
+def _train(job: WorkerJob, device):
+    """One model's selection (or search) and refit in this process; rank 0's result (others: None)."""
+    import dataclasses
+    import json
+
+    import torch.distributed as dist
+
+    from recsys_spark.train import loop
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+
+    def fit(data, settings, item_counts, *, validate: bool, checkpoint_dir, run_key, phase: str,
+            params=None, should_prune=None, graph=None):
+        def loader_factory(epoch: int):
+            return data.shard_loader(
+                rank=rank, world_size=world, batch_size=job.batch_size, seed=settings.seed, epoch=epoch
+            )
+
+        return loop.train(
+            build_model(job, params, graph=graph),  # freshly initialised, the same on every rank and for both phases
+            loader_factory,
+            settings,
+            item_counts=item_counts,
+            validation=data.validation_set() if validate else None,
+            device=device,
+            checkpoint_dir=checkpoint_dir,
+            run_key=run_key,
+            steps_per_epoch_hint=data.steps_per_epoch(job.batch_size, world),
+            log=lambda line: print(f"[{job.model_name}{phase}] {line}", flush=True),
+            should_prune=should_prune,
+        )
+
+    def broadcast(obj):
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    chosen_params, chosen_trainer = {}, {}
+    if job.search is not None and job.search.active:
+        from recsys_spark.train import search
+
+        def trial(values, should_prune):
+            params, trainer = job.search.split(values)
+            # Trials keep no checkpoint: a search interrupted is run again (its
+            # study lives in rank 0's memory); the refit after it checkpoints.
+            return fit(job.data, dataclasses.replace(job.settings, **trainer), job.item_counts, validate=True,
+                       checkpoint_dir=None, run_key="", phase=" search", params=params,
+                       should_prune=should_prune, graph=job.graph)
+
+        selected = search.run(job.search, trial, rank=rank, broadcast=broadcast,
+                              log=lambda line: print(f"[{job.model_name} search] {line}", flush=True))
+        chosen_params, chosen_trainer = job.search.split(
+            broadcast(selected["search"]["chosen"] if rank == 0 else None))
+    else:
+        selected = fit(job.data, job.settings, job.item_counts, validate=job.validate,
+                       checkpoint_dir=job.checkpoint_dir, run_key=job.run_key, phase="", graph=job.graph)
+    if job.refit is None:
+        return selected if rank == 0 else None
+    best = broadcast(selected["best_epoch"] if rank == 0 else None)
+    settings = dataclasses.replace(job.refit.settings, **chosen_trainer, epochs=int(best) + 1,
+                                   schedule_epochs=job.settings.epochs, early_stopping=False)
+    refit_key = job.refit.run_key + (json.dumps([chosen_params, chosen_trainer], sort_keys=True, default=str)
+                                     if job.search is not None else "")
+    refit = fit(job.refit.data, settings, job.refit.item_counts, validate=False,
+                checkpoint_dir=job.refit.checkpoint_dir, run_key=refit_key, phase=" refit",
+                params=chosen_params, graph=job.refit.graph)
+    return {"selection": selected, "refit": refit} if rank == 0 else None
 
 
 def resolve_use_gpu(spark: SparkSession, setting: str) -> bool:
@@ -298,8 +317,12 @@ def _launch_torchrun(input_params: dict[str, Any], train_path: str, *args: Any, 
     TorchDistributor._execute_command(cmd, log_streaming_client=input_params.get("log_streaming_client"))
 
 
-def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str, Any]:
+def run(spark: SparkSession, job: "WorkerJob | list[WorkerJob]", *, num_processes: int) -> Any:
     """Run ``job`` in ``num_processes`` processes as Spark barrier tasks; rank 0's result.
+
+    A list of jobs is one launch for several models (``recsys_spark.train.shared_launch``):
+    the processes train them one after the other and rank 0's results come back as a list,
+    in order. They must agree on what the launch itself depends on (processes, GPUs, threads).
 
     Raises:
         ValueError: more processes than task slots (a barrier stage would wait forever).
@@ -316,7 +339,12 @@ def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str,
             f"neural.num_processes={num_processes} exceeds the cluster's {slots} task slots: "
             "the training processes run as one barrier stage and need a slot each"
         )
-    distributor = TorchDistributor(num_processes=num_processes, local_mode=False, use_gpu=job.use_gpu)
+    jobs = job if isinstance(job, list) else [job]
+    launch_of = {(j.use_gpu, j.threads_per_process) for j in jobs}
+    if len(launch_of) != 1:
+        raise ValueError(f"one launch needs one GPU use and thread count for all its models, got {sorted(launch_of)}")
+    label = ", ".join(j.model_name for j in jobs)
+    distributor = TorchDistributor(num_processes=num_processes, local_mode=False, use_gpu=jobs[0].use_gpu)
     try:
         # _run with a launch function: the extension point pyspark's own
         # DeepspeedTorchDistributor uses to change the torchrun command.
@@ -332,7 +360,7 @@ def run(spark: SparkSession, job: WorkerJob, *, num_processes: int) -> dict[str,
         if PEER_LOST.search(_output_tail(text)):
             how += " after losing a peer (another process may have died first: see its report in the logs)"
         raise TrainingProcessFailed(
-            f"[{job.model_name}] training process rank {rank} of {num_processes} {how}; "
+            f"[{label}] training process rank {rank} of {num_processes} {how}; "
             f"its last output line: {found['last_line']!r}. The Spark stage was aborted; "
             "the full output is in the driver log (local master) or the executor's stdout.",
             **found,

@@ -32,7 +32,7 @@ from recsys_spark.config import Config
 from recsys_spark.models import artifacts, fitted, registry
 from recsys_spark.models.fitted import FittedModel
 from recsys_spark.schemas import FACTORS, ITEMS, ITEM_INDEX, LAST_TIME, USER_INDEX, WEIGHT
-from recsys_spark.train import checkpoint, data, distributed, search
+from recsys_spark.train import checkpoint, data, distributed, search, shared_launch
 from recsys_spark.train.loop import TrainSettings
 
 
@@ -305,7 +305,45 @@ def fit_and_refit(
     return selected, final
 
 
-def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_class, final, epochs, then_refit):
+@dataclass
+class _Prepared:
+    """One model's fits, checked and materialised: the job its processes run, and what its
+    results are read with. :meth:`delete` removes the materialised examples."""
+
+    name: str
+    params: dict[str, Any]
+    build_kwargs: dict[str, Any]
+    features: dict[str, np.ndarray] | None
+    model_class: type | None
+    plan: Any  # search.SearchPlan | None
+    then_refit: bool
+    use_gpu: bool
+    data: list  # data.PetastormData, one per phase
+    materialise_seconds: list[float]
+    job: distributed.WorkerJob
+
+    def delete(self) -> None:
+        for d in self.data:
+            d.delete()
+
+    def results(self, result: dict) -> list[dict]:
+        """Rank 0's result per phase (selection, then the refit when there is one)."""
+        return [result["selection"], result["refit"]] if self.then_refit else [result]
+
+    def seconds_in_epochs(self, result: dict) -> float:
+        """The processes' time in epochs (training and validation), every search trial's included."""
+        results = self.results(result)
+        seconds = sum(h["seconds"] + h.get("validation_seconds", 0.0) for r in results for h in r["history"])
+        searched = results[0].get("search")
+        if searched is not None:  # every trial's epochs, not only the chosen one's
+            seconds += searched["seconds"] - sum(h["seconds"] + h.get("validation_seconds", 0.0)
+                                                 for h in results[0]["history"])
+        return seconds
+
+
+def _prepare(spark, cfg, split_rows, name, *, n_users, n_items, features, model_class, final, epochs,
+             then_refit) -> _Prepared:
+    """Check memory, materialise the examples and build the processes' job (nothing launched)."""
     nc = cfg.neural
     cls = model_class or registry.get(name)
     params = dict(nc.models.get(name, {}))
@@ -337,56 +375,67 @@ def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_clas
                 history_length=nc.history_length if reads_history else 0, seed=nc.seed, validation=p.validation,
             ))
             materialise_seconds.append(time.time() - started)
-        materialised = time.time()
-        first = phases[0]
-        refit = None
-        if then_refit:
-            refit = distributed.RefitPlan(data=materialised_data[1], settings=phases[1].settings,
-                                          item_counts=data.item_counts(phases[1].rows, n_items),
-                                          checkpoint_dir=phases[1].checkpoint_dir, run_key=phases[1].key,
-                                          graph=graphs[1])
-        job = distributed.WorkerJob(
-            model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=materialised_data[0],
-            settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
-            item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
-            threads_per_process=nc.threads_per_process or distributed.threads_per_process(spark, nc.num_processes),
-            use_gpu=use_gpu,
-            refit=refit, graph=graphs[0], search=plan,
-        )
-        result = distributed.run(spark, job, num_processes=nc.num_processes)
-    finally:
+    except BaseException:
         for d in materialised_data:
             d.delete()
-    ended = time.time()
-    results = [result["selection"], result["refit"]] if then_refit else [result]
+        raise
+    first = phases[0]
+    refit = None
+    if then_refit:
+        refit = distributed.RefitPlan(data=materialised_data[1], settings=phases[1].settings,
+                                      item_counts=data.item_counts(phases[1].rows, n_items),
+                                      checkpoint_dir=phases[1].checkpoint_dir, run_key=phases[1].key,
+                                      graph=graphs[1])
+    job = distributed.WorkerJob(
+        model_name=name, model_class=model_class, build_kwargs=build_kwargs, data=materialised_data[0],
+        settings=first.settings, item_counts=data.item_counts(first.rows, n_items), batch_size=nc.batch_size,
+        item_features=features, validate=not final, checkpoint_dir=first.checkpoint_dir, run_key=first.key,
+        threads_per_process=nc.threads_per_process or distributed.threads_per_process(spark, nc.num_processes),
+        use_gpu=use_gpu,
+        refit=refit, graph=graphs[0], search=plan,
+    )
+    return _Prepared(name, params, build_kwargs, features, model_class, plan, then_refit, use_gpu,
+                     materialised_data, materialise_seconds, job)
+
+
+def _fit(spark, cfg, split_rows, name, *, n_users, n_items, features, model_class, final, epochs, then_refit):
+    prepared = _prepare(spark, cfg, split_rows, name, n_users=n_users, n_items=n_items, features=features,
+                        model_class=model_class, final=final, epochs=epochs, then_refit=then_refit)
+    try:
+        launched = time.time()
+        result = distributed.run(spark, prepared.job, num_processes=cfg.neural.num_processes)
+        ended = time.time()
+    finally:
+        prepared.delete()
+    return _networks(prepared, result, launch_seconds=ended - launched - prepared.seconds_in_epochs(result))
+
+
+def _networks(prepared: _Prepared, result: dict, *, launch_seconds: float) -> list[TrainedNetwork]:
+    """Rank 0's result as the phases' :class:`TrainedNetwork` s, with where their time went:
+    what is fixed (materialising, launching the processes: ``launch_seconds``, counted in the
+    selection's phases) and what grows with the data and the epochs."""
+    results = prepared.results(result)
+    build_kwargs = prepared.build_kwargs
     searched = results[0].get("search")
     if searched is not None:  # both fits were built with the chosen hyperparameters
-        chosen_params, _ = plan.split(searched["chosen"])
-        build_kwargs = {**build_kwargs, "params": {**params, **chosen_params}}
-    # Where a fit's time goes: what is fixed (materialising, launching the processes)
-    # and what grows with the data and the epochs. With a refit in the same launch,
-    # the launch is counted once, in the selection's phases.
-    in_epochs = sum(h["seconds"] + h.get("validation_seconds", 0.0) for r in results for h in r["history"])
-    if searched is not None:  # every trial's epochs, not only the chosen one's
-        in_epochs += searched["seconds"] - sum(h["seconds"] + h.get("validation_seconds", 0.0)
-                                               for h in results[0]["history"])
-    launch = ended - materialised - in_epochs
+        chosen_params, _ = prepared.plan.split(searched["chosen"])
+        build_kwargs = {**build_kwargs, "params": {**prepared.params, **chosen_params}}
     fitted = []
-    for i, (r, d) in enumerate(zip(results, materialised_data)):
+    for i, (r, d) in enumerate(zip(results, prepared.data)):
         train_s = sum(h["seconds"] for h in r["history"])
         validation_s = sum(h.get("validation_seconds", 0.0) for h in r["history"])
-        phase_times = {"materialise_seconds": round(materialise_seconds[i], 1),
+        phase_times = {"materialise_seconds": round(prepared.materialise_seconds[i], 1),
                        # the trials not chosen (the chosen one's epochs are train and validation)
                        **({"other_trials_seconds": round(searched["seconds"] - train_s - validation_s, 1)}
                           if searched is not None and i == 0 else {}),
                        "train_seconds": round(train_s, 1), "validation_seconds": round(validation_s, 1),
-                       "launch_and_setup_seconds": round(launch, 1) if i == 0 else 0.0}
+                       "launch_and_setup_seconds": round(launch_seconds, 1) if i == 0 else 0.0}
         fitted.append(TrainedNetwork(
-            name=name, build_kwargs=build_kwargs, state_dict=r["state_dict"], history=r["history"],
+            name=prepared.name, build_kwargs=build_kwargs, state_dict=r["state_dict"], history=r["history"],
             best_epoch=r["best_epoch"], best_metric=r["best_metric"], epochs_run=r["epochs_run"],
             stopped_early=r["stopped_early"], resumed_from=r["resumed_from"],
-            seconds=sum(phase_times.values()), item_features=features, model_class=model_class,
-            extra={"examples": d.rows, "parquet_files": d.files, "use_gpu": use_gpu, "phases": phase_times,
+            seconds=sum(phase_times.values()), item_features=prepared.features, model_class=prepared.model_class,
+            extra={"examples": d.rows, "parquet_files": d.files, "use_gpu": prepared.use_gpu, "phases": phase_times,
                    "search": searched},
         ))
     return fitted
@@ -469,16 +518,59 @@ def fitted_model(spark: SparkSession, cfg: Config, trained: TrainedNetwork, trai
 # --------------------------------------------------------------------------- the training stage
 
 
-def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, name: str, *, n_users: int,
+def _shared_fit(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, name: str, *, n_users: int,
+                n_items: int, features) -> tuple[TrainedNetwork, TrainedNetwork] | None:
+    """``(selected, final)`` of ``name`` from the night's shared launch (:mod:`recsys_spark.train.shared_launch`):
+    run by the first planned stage, taken by each; None when ``name`` trains in a launch of its own."""
+    shared = shared_launch.current()
+    if shared is None:
+        return None
+    sizes = dict(n_users=n_users, n_items=n_items)
+    if shared.wants(name):
+        def prepare(model):
+            model_cfg = night_cfg.for_neural_model(model)
+            refit = model_cfg.neural.refit
+            prepared = _prepare(spark, model_cfg, split_rows, model, features=features, model_class=None,
+                                final=False, epochs=None, then_refit=refit, **sizes)
+            launch_settings = (model_cfg.neural.num_processes, prepared.use_gpu, prepared.job.threads_per_process)
+            return shared_launch.key(model, model_cfg, **sizes), prepared, launch_settings
+
+        def launch(prepared):
+            return distributed.run(spark, [p.job for p in prepared],
+                                   num_processes=night_cfg.for_neural_model(prepared[0].name).neural.num_processes)
+
+        def collect(prepared, result, launch_seconds):
+            networks = _networks(prepared, result, launch_seconds=launch_seconds)
+            return networks[0], networks[-1]  # without a refit, the selection is the final model
+
+        shared_launch.run(shared, prepare, launch, collect, stage_model=name,
+                          log=lambda line: print(line, flush=True))
+    pair = shared.take(shared_launch.key(name, night_cfg.for_neural_model(name), **sizes))
+    if pair is not None and shared.launched_by != name:
+        print(f"'{name}' was trained in the shared launch of stage 'train_neural {shared.launched_by}' "
+              "(its training lines are in that stage's log)", flush=True)
+    return pair
+
+
+def train(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, name: str, *, n_users: int,
           n_items: int) -> dict:
     """Select (early stopping on validation), refit on train + validation, score test and save model ``name``.
 
-    Returns the job's report. ``cfg`` is already ``cfg.for_neural_model(name)``.
+    Returns the job's report. ``night_cfg`` is the night's config: the model trains with
+    ``night_cfg.for_neural_model(name)``, and in a night that shares one launch of the training
+    processes (:mod:`recsys_spark.train.shared_launch`), the first stage trains the other
+    planned models with theirs.
     """
+    cfg = night_cfg.for_neural_model(name)
     nc, primary = cfg.neural, cfg.evaluation.primary_metric
     features = item_features(spark, cfg.warehouse, n_items)
     sizes = dict(n_users=n_users, n_items=n_items, features=features)
-    if nc.refit:  # both fits in one launch of the training processes
+    shared = _shared_fit(spark, night_cfg, split_rows, name, **sizes)
+    launch = "own"
+    if shared is not None:
+        selected, final = shared
+        launch = f"shared: trained with the others of stage 'train_neural {shared_launch.current().launched_by}'"
+    elif nc.refit:  # both fits in one launch of the training processes
         selected, final = fit_and_refit(spark, cfg, split_rows, name, **sizes)
     else:
         selected = final = fit(spark, cfg, split_rows, name, final=False, **sizes)
@@ -498,7 +590,7 @@ def train(spark: SparkSession, cfg: Config, split_rows: DataFrame, name: str, *,
             "refit_seconds": round(final.seconds, 1) if nc.refit else 0.0,
             "selection_phases": selected.extra["phases"],
             "refit_phases": final.extra["phases"] if nc.refit else None,
-            "search": _search_summary(selected.extra.get("search"))}
+            "search": _search_summary(selected.extra.get("search")), "launch": launch}
 
 
 def _search_summary(searched: dict | None) -> dict | None:

@@ -40,6 +40,10 @@ want=$(cat pyproject.toml | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
   exit 0
 fi
+# The dev install holds everything the plain one does: a .venv set up for the tests serves the demo.
+if [[ -z "$extras" && -f ".venv/.recsys-installed[dev]" && "$(cat ".venv/.recsys-installed[dev]")" == "$want" ]]; then
+  exit 0
+fi
 echo "setup: installing recsys-spark${extras} and its pinned dependencies into .venv"
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras}"
 echo "$want" > "$stamp"

@@ -518,6 +518,10 @@ def fitted_model(spark: SparkSession, cfg: Config, trained: TrainedNetwork, trai
 # --------------------------------------------------------------------------- the training stage
 
 
+# A graph model's training pairs larger than this train in a launch of their own (_shared_fit).
+SHARED_GRAPH_BYTES = 64 * 2**20
+
+
 def _shared_fit(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, name: str, *, n_users: int,
                 n_items: int, features) -> tuple[TrainedNetwork, TrainedNetwork] | None:
     """``(selected, final)`` of ``name`` from the night's shared launch (:mod:`recsys_spark.train.shared_launch`):
@@ -532,6 +536,14 @@ def _shared_fit(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, n
             refit = model_cfg.neural.refit
             prepared = _prepare(spark, model_cfg, split_rows, model, features=features, model_class=None,
                                 final=False, epochs=None, then_refit=refit, **sizes)
+            graph_bytes = sum(a.nbytes for g in (prepared.job.graph, prepared.job.refit and prepared.job.refit.graph)
+                              if g is not None for a in g)
+            if graph_bytes > SHARED_GRAPH_BYTES:
+                # Every process of a launch holds every job it was given, for the whole launch: the
+                # memory check counted this graph for its own model's training, not beside the others'.
+                prepared.delete()
+                raise MemoryError(f"its training graphs ({graph_bytes / 2**20:.0f} MiB) would stay in every "
+                                  f"process while the other models train")
             launch_settings = (model_cfg.neural.num_processes, prepared.use_gpu, prepared.job.threads_per_process)
             return shared_launch.key(model, model_cfg, **sizes), prepared, launch_settings
 

@@ -19,7 +19,9 @@ their model in a launch of their own (the path every stage takes outside a
 planned night, e.g. ``scripts/submit.sh jobs/train_neural.py``):
 
 * a model that cannot be prepared (its memory check refuses, its config is
-  wrong) is left out of the launch; its own stage fails with that error;
+  wrong) is left out of the launch, and its own stage fails with that error;
+  so is a graph model whose training pairs would stay in every process while
+  the others train (over ``neural.SHARED_GRAPH_BYTES``), which its own stage trains;
 * a model whose launch settings differ (``neural.num_processes``, GPUs,
   threads per process) is left out and launched alone;
 * when the shared launch fails (a process raised or died: one model's

@@ -23,7 +23,7 @@ class Prepared:
         return 1.0
 
 
-def run_shared(models, *, refuse=(), settings=None, fail_launch=False):
+def run_shared(models, *, refuse=(), settings=None, fail_launch=False, fatal=lambda exc: False):
     made, launched = {}, []
 
     def prepare(name):
@@ -40,7 +40,11 @@ def run_shared(models, *, refuse=(), settings=None, fail_launch=False):
 
     shared = shared_launch.SharedLaunch(list(models))
     lines = []
-    shared_launch.run(shared, prepare, launch, lambda p, r, s: (r, s), stage_model=models[0], log=lines.append)
+    try:
+        shared_launch.run(shared, prepare, launch, lambda p, r, s: (r, s), stage_model=models[0],
+                          log=lines.append, fatal=fatal)
+    finally:
+        run_shared.made = made
     return shared, made, launched, lines
 
 
@@ -69,6 +73,12 @@ def test_a_failed_shared_launch_keeps_nothing_so_every_model_trains_alone():
     assert launched == [["a", "b"]] and shared.failure == "RuntimeError: rank 1 of 2 killed by SIGKILL"
     assert shared.trained == {} and all(p.deleted for p in made.values())
     assert any("each model trains in its own launch" in line for line in lines)
+
+
+def test_a_cluster_without_executors_fails_the_stage_instead_of_a_launch_per_model():
+    with pytest.raises(RuntimeError, match="SIGKILL"):
+        run_shared(["a", "b"], fail_launch=True, fatal=lambda exc: True)
+    assert all(p.deleted for p in run_shared.made.values())
 
 
 def test_one_model_alone_is_no_shared_launch():

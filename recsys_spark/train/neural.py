@@ -26,7 +26,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import io, memory, split, tables
+from recsys_spark import io, memory, split, tables, watchdog
 from recsys_spark.evaluate import folds
 from recsys_spark.config import Config
 from recsys_spark.models import artifacts, fitted, registry
@@ -555,8 +555,10 @@ def _shared_fit(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, n
             networks = _networks(prepared, result, launch_seconds=launch_seconds)
             return networks[0], networks[-1]  # without a refit, the selection is the final model
 
+        since = watchdog.mark()
         shared_launch.run(shared, prepare, launch, collect, stage_model=name,
-                          log=lambda line: print(line, flush=True))
+                          log=lambda line: print(line, flush=True),
+                          fatal=lambda exc: watchdog.given_up_since(since) is not None)
     pair = shared.take(shared_launch.key(name, night_cfg.for_neural_model(name), **sizes))
     if pair is not None and shared.launched_by != name:
         print(f"'{name}' was trained in the shared launch of stage 'train_neural {shared.launched_by}' "

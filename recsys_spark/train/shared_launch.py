@@ -88,13 +88,16 @@ def key(name: str, model_cfg: Any, *, n_users: int, n_items: int) -> tuple:
     return (name, model_cfg.fingerprint(), n_users, n_items)
 
 
-def run(shared: SharedLaunch, prepare, launch, collect, *, stage_model: str, log=print) -> None:
+def run(shared: SharedLaunch, prepare, launch, collect, *, stage_model: str, log=print,
+        fatal=lambda exc: False) -> None:
     """Prepare every planned model, launch them together, keep each one's networks.
 
     The callables keep this module free of Spark and torch (tested without either):
     ``prepare(name) -> (key, prepared, launch_settings)`` (raises to leave the model out),
     ``launch([prepared]) -> [result]``, ``collect(prepared, result, launch_seconds) -> networks``;
-    each ``prepared`` has ``delete()`` and ``seconds_in_epochs(result)``.
+    each ``prepared`` has ``delete()`` and ``seconds_in_epochs(result)``. A launch error for
+    which ``fatal(exc)`` is true (the cluster lost its executors: every launch would wait the
+    same timeout) is raised, not retried model by model.
     """
     shared.attempted, shared.launched_by = True, stage_model
     prepared: list[tuple[str, tuple, Any]] = []
@@ -124,6 +127,8 @@ def run(shared: SharedLaunch, prepare, launch, collect, *, stage_model: str, log
         try:
             results = launch([p for _, _, p in prepared])
         except Exception as exc:  # noqa: BLE001 - every model then trains alone, the failing one fails alone
+            if fatal(exc):
+                raise
             shared.failure = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
             log(f"shared launch failed ({shared.failure}); each model trains in its own launch")
             return

@@ -163,11 +163,14 @@ def run(stages: Sequence[Stage], job_args: Sequence[str], run_stage: StageRunner
     (a night in one driver), the neural models that the run's stages will train share one
     launch of the training processes (:mod:`recsys_spark.train.shared_launch`).
     """
-    with contextlib.ExitStack() as planned:
+    with contextlib.ExitStack() as planned:  # the plan lasts until the run ends
+
+        def plan_shared_launch(first_neural: int, before_from: bool) -> None:
+            models = _neural_models_to_run(stages[first_neural:], job_args, resume, before_from)
+            planned.enter_context(shared_launch.planned(models))
+
         return _run(stages, job_args, run_stage, log_dir=log_dir, mode=mode, out=out, resume=resume,
-                    plan_shared_launch=(lambda i, before_from: planned.enter_context(shared_launch.planned(
-                        _neural_models_to_run(stages[i:], job_args, resume, before_from))))
-                    if share_launch else None)
+                    plan_shared_launch=plan_shared_launch if share_launch else None)
 
 
 def _neural_models_to_run(stages: Sequence[Stage], job_args: Sequence[str], resume: Any,

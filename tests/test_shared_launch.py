@@ -23,8 +23,8 @@ class Prepared:
         return 1.0
 
 
-def run_shared(models, *, refuse=(), settings=None, fail_launch=False, fatal=lambda exc: False):
-    made, launched = {}, []
+def run_shared(models, *, refuse=(), settings=None, fail_launch=False, fatal=lambda exc: False, made=None):
+    made, launched = {} if made is None else made, []
 
     def prepare(name):
         if name in refuse:
@@ -40,11 +40,8 @@ def run_shared(models, *, refuse=(), settings=None, fail_launch=False, fatal=lam
 
     shared = shared_launch.SharedLaunch(list(models))
     lines = []
-    try:
-        shared_launch.run(shared, prepare, launch, lambda p, r, s: (r, s), stage_model=models[0],
-                          log=lines.append, fatal=fatal)
-    finally:
-        run_shared.made = made
+    shared_launch.run(shared, prepare, launch, lambda p, r, s: (r, s), stage_model=models[0],
+                      log=lines.append, fatal=fatal)
     return shared, made, launched, lines
 
 
@@ -76,9 +73,10 @@ def test_a_failed_shared_launch_keeps_nothing_so_every_model_trains_alone():
 
 
 def test_a_cluster_without_executors_fails_the_stage_instead_of_a_launch_per_model():
+    made = {}
     with pytest.raises(RuntimeError, match="SIGKILL"):
-        run_shared(["a", "b"], fail_launch=True, fatal=lambda exc: True)
-    assert all(p.deleted for p in run_shared.made.values())
+        run_shared(["a", "b"], fail_launch=True, fatal=lambda exc: True, made=made)
+    assert len(made) == 2 and all(p.deleted for p in made.values())
 
 
 def test_one_model_alone_is_no_shared_launch():

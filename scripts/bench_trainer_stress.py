@@ -21,7 +21,10 @@ process beside the runs (the machine has 2 cores), as in the loaded demo run.
 
     .venv/bin/python scripts/bench_trainer_stress.py --runs 5 --load
 
-Prints a Markdown table and writes benchmarks/results/trainer_stress_<launch>[_load].json.
+``--shared`` trains every model in each launch, one after the other, as a night
+run in one driver does (``recsys_spark/train/shared_launch.py``).
+
+Prints a Markdown table and writes benchmarks/results/trainer_stress_<launch>[_shared][_load].json.
 """
 from __future__ import annotations
 
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--launch", choices=["project", "pyspark"], default="project")
     parser.add_argument("--load", action="store_true", help="run a competing busy-loop process throughout")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--shared", action="store_true",
+                        help="every run trains all the models in one launch (a night's shared launch, "
+                             "recsys_spark/train/shared_launch.py) instead of one launch per model")
     args = parser.parse_args()
 
     from recsys_spark.config import load_config
@@ -127,6 +133,7 @@ def main() -> None:
     results = []
     try:
         with tempfile.TemporaryDirectory(prefix="bench-stress-") as tmp:
+            jobs, made = [], []
             for model in models:
                 cls = registry.get(model)
                 examples = data.training_examples(rows, input_kind=cls.input_kind, needs_history=cls.needs_history,
@@ -145,14 +152,22 @@ def main() -> None:
                 job = distributed.WorkerJob(
                     model_name=model, build_kwargs={"n_users": n_users, "n_items": n_items, "params": {}},
                     data=pdata, settings=settings, item_counts=counts, batch_size=64 if cls.input_kind == "pairs" else 16,
-                    item_features=features, threads_per_process=1, use_gpu=False)
-                try:
+                    item_features=features, threads_per_process=1, use_gpu=False,
+                    graph=neural.training_graph(rows, name=model, n_edges=rows.count()) if neural.needs_graph(cls)
+                    else None)
+                jobs.append((model, job))
+                made.append(pdata)
+            # One launch per model, or (--shared) every model in each launch, as a night in one driver.
+            launches = [(f"all {len(jobs)}, one launch", [j for _, j in jobs])] if args.shared else jobs
+            try:
+                for name, job in launches:
                     for i in range(args.runs):
                         r = one_run(spark, job, args.launch, args.timeout)
-                        print(f"{model} run {i + 1}/{args.runs}: {r['outcome']} in {r['seconds']:.1f} s "
+                        print(f"{name} run {i + 1}/{args.runs}: {r['outcome']} in {r['seconds']:.1f} s "
                               f"{r['detail']}", flush=True)
-                        results.append({"model": model, "run": i + 1, **r})
-                finally:
+                        results.append({"model": name, "run": i + 1, **r})
+            finally:
+                for pdata in made:
                     pdata.delete()
     finally:
         if busy is not None:
@@ -161,7 +176,7 @@ def main() -> None:
         spark.stop()
 
     table = []
-    for model in models:
+    for model in dict.fromkeys(r["model"] for r in results):
         mine = [r for r in results if r["model"] == model]
         count = {k: sum(r["outcome"] == k for r in mine) for k in ("ok", "died", "failed", "hung")}
         ok_s = [r["seconds"] for r in mine if r["outcome"] == "ok"]
@@ -176,7 +191,8 @@ def main() -> None:
         med = f"{t['median_ok_s']:.1f}" if t["median_ok_s"] is not None else "-"
         print(f"| {t['model']} | {t['runs']} | {t['ok']} | {t['died']} | {t['failed']} | {t['hung']} | {med} | "
               f"{t['max_s']:.1f} |")
-    out = REPO / "benchmarks" / "results" / f"trainer_stress_{args.launch}{'_load' if args.load else ''}.json"
+    out = REPO / "benchmarks" / "results" / (f"trainer_stress_{args.launch}{'_shared' if args.shared else ''}"
+                                             f"{'_load' if args.load else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "machine": platform.platform(), "cpus": os.cpu_count(),
                                "table": table, "runs": results}, indent=2))

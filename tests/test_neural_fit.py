@@ -277,3 +277,28 @@ def test_a_night_in_one_driver_trains_its_neural_models_in_one_launch_each_as_al
     shared_meta, alone_meta = (artifacts.load_metadata(spark, wh, "neumf") for wh in (night, alone))
     assert [h["loss"] for h in shared_meta["history"]] == [h["loss"] for h in alone_meta["history"]]
     assert shared_meta["metrics"] == alone_meta["metrics"]
+
+
+def test_a_graph_over_the_shared_launch_limit_is_refused_before_anything_is_materialised(spark, tmp_path,
+                                                                                       monkeypatch):
+    """neural._prepare with ``max_graph_bytes`` (what the shared launch passes): LightGCN's training
+    pairs over the limit raise MemoryError, and the Petastorm cache stays empty; under it, the
+    same model is prepared."""
+    train, held = planted()
+    split_rows = _split_rows(spark, train, held)
+    cfg = _config(tmp_path, "neural.search.trials=1")
+    args = dict(n_users=N_USERS, n_items=N_ITEMS, features=None, model_class=None, final=False, epochs=None,
+                then_refit=True)
+    from recsys_spark.train import data
+
+    materialised = []
+    real = data.materialise
+    monkeypatch.setattr(data, "materialise", lambda *a, **k: materialised.append(1) or real(*a, **k))
+    with pytest.raises(MemoryError, match="training graphs"):
+        neural._prepare(spark, cfg, split_rows, "lightgcn", max_graph_bytes=1, **args)
+    assert materialised == []
+    prepared = neural._prepare(spark, cfg, split_rows, "lightgcn", max_graph_bytes=2**30, **args)
+    try:
+        assert prepared.job.graph is not None and prepared.job.refit.graph is not None and len(materialised) == 2
+    finally:
+        prepared.delete()

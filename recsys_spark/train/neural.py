@@ -342,8 +342,13 @@ class _Prepared:
 
 
 def _prepare(spark, cfg, split_rows, name, *, n_users, n_items, features, model_class, final, epochs,
-             then_refit) -> _Prepared:
-    """Check memory, materialise the examples and build the processes' job (nothing launched)."""
+             then_refit, max_graph_bytes: int | None = None) -> _Prepared:
+    """Check memory, materialise the examples and build the processes' job (nothing launched).
+
+    Raises:
+        MemoryError: the model's training graphs take more than ``max_graph_bytes`` (checked
+            before anything is materialised).
+    """
     nc = cfg.neural
     cls = model_class or registry.get(name)
     params = dict(nc.models.get(name, {}))
@@ -366,6 +371,9 @@ def _prepare(spark, cfg, split_rows, name, *, n_users, n_items, features, model_
                           executor_python_memory=spark.sparkContext.getConf().get("spark.executor.pyspark.memory"),
                           graph_edges=max(edges))
     graphs = [training_graph(p.rows, name=name, n_edges=n) if needs_graph(cls) else None for p, n in zip(phases, edges)]
+    graph_bytes = sum(a.nbytes for g in graphs if g is not None for a in g)
+    if max_graph_bytes is not None and graph_bytes > max_graph_bytes:
+        raise MemoryError(f"its training graphs ({graph_bytes / 2**20:.0f} MiB) are over {max_graph_bytes / 2**20:.0f} MiB")
     materialised_data, materialise_seconds = [], []
     try:
         for p in phases:
@@ -534,16 +542,11 @@ def _shared_fit(spark: SparkSession, night_cfg: Config, split_rows: DataFrame, n
         def prepare(model):
             model_cfg = night_cfg.for_neural_model(model)
             refit = model_cfg.neural.refit
+            # Every process of a launch holds every job it was given, for the whole launch: the memory
+            # check counts a graph for its own model's training, not beside the others'.
             prepared = _prepare(spark, model_cfg, split_rows, model, features=features, model_class=None,
-                                final=False, epochs=None, then_refit=refit, **sizes)
-            graph_bytes = sum(a.nbytes for g in (prepared.job.graph, prepared.job.refit and prepared.job.refit.graph)
-                              if g is not None for a in g)
-            if graph_bytes > SHARED_GRAPH_BYTES:
-                # Every process of a launch holds every job it was given, for the whole launch: the
-                # memory check counted this graph for its own model's training, not beside the others'.
-                prepared.delete()
-                raise MemoryError(f"its training graphs ({graph_bytes / 2**20:.0f} MiB) would stay in every "
-                                  f"process while the other models train")
+                                final=False, epochs=None, then_refit=refit, max_graph_bytes=SHARED_GRAPH_BYTES,
+                                **sizes)
             launch_settings = (model_cfg.neural.num_processes, prepared.use_gpu, prepared.job.threads_per_process)
             return shared_launch.key(model, model_cfg, **sizes), prepared, launch_settings
 

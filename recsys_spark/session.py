@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from pyspark import SparkConf, SparkContext
 from pyspark.sql import SparkSession
 
+from recsys_spark import jvm_archive
 from recsys_spark.config import Config
 
 
@@ -28,6 +29,9 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         # Executors run this interpreter (the one with torch and the pins), not whatever
         # "python3" is on PATH; submit.sh sets it for spark-submit runs.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # This process starts the JVM: it maps the environment's class archive (recsys_spark.jvm_archive).
+        if opts := jvm_archive.with_archive(os.environ.get("SPARK_SUBMIT_OPTS")):
+            os.environ["SPARK_SUBMIT_OPTS"] = opts
     # Connects to spark-submit's JVM, or starts one when run as plain Python.
     SparkContext._ensure_initialized()
     builder = SparkSession.builder.appName(app_name or cfg.spark.app_name)

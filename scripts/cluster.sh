@@ -45,12 +45,18 @@ try:
 except ConfigError as exc:
     sys.exit(f"cluster.sh: config error: {exc}")
 import pyspark
+from recsys_spark.jvm_archive import java_options, with_archive
 print(c.host, c.master_port, c.master_webui_port, c.worker_webui_port, c.worker_cores,
-      c.worker_memory, Path(c.run_dir).resolve(), os.path.dirname(pyspark.__file__), sep="\n")
+      c.worker_memory, Path(c.run_dir).resolve(), os.path.dirname(pyspark.__file__),
+      with_archive(os.environ.get("SPARK_DAEMON_JAVA_OPTS")), java_options(), sep="\n")
 PY
 ) || exit 2
 { read -r host; read -r master_port; read -r master_webui; read -r worker_webui
-  read -r worker_cores; read -r worker_memory; read -r run_dir; read -r spark_home; } <<< "$cfg_out"
+  read -r worker_cores; read -r worker_memory; read -r run_dir; read -r spark_home
+  read -r daemon_opts || true; read -r executor_opts || true; } <<< "$cfg_out"  # empty last lines are cut by $(...)
+# The daemons and the executors map the environment's class archive when setup built
+# one (recsys_spark/jvm_archive.py): they run on this machine, where it is.
+[[ -n $daemon_opts ]] && export SPARK_DAEMON_JAVA_OPTS="$daemon_opts"
 
 case "$host" in
   127.*|localhost|::1) ;;
@@ -254,7 +260,7 @@ ${RESTART_WINDOW}s: giving up; the worker stays down. Read this log; scripts/clu
 
 write_secret() {
   # umask 077 and O_EXCL on a fresh file: never readable by others, not even briefly.
-  $py - "$auth_conf" <<'PY'
+  $py - "$auth_conf" "$executor_opts" <<'PY'
 import os, secrets, sys, time
 path = sys.argv[1]
 tmp = f"{path}.tmp{os.getpid()}"
@@ -264,6 +270,8 @@ with os.fdopen(fd, "w") as fh:
              "# A fresh secret per cluster start; keep this file 0600 and off the command line.\n"
              "spark.authenticate true\n"
              f"spark.authenticate.secret {secrets.token_hex(32)}\n")
+    if sys.argv[2]:  # executors start on this machine: the class archive (recsys_spark/jvm_archive.py)
+        fh.write(f"spark.executor.extraJavaOptions {sys.argv[2]}\n")
 os.chmod(tmp, 0o600)
 os.replace(tmp, path)
 PY

@@ -34,10 +34,15 @@ try:
     c = load_config(overrides=sys.argv[1:])
 except ConfigError as exc:
     sys.exit(f"submit.sh: config error: {exc}")
-print(Path(c.cluster.run_dir).resolve(), c.spark.driver_memory, c.cluster.executor_memory, sep="\n")
+import os
+from recsys_spark.jvm_archive import with_archive
+print(Path(c.cluster.run_dir).resolve(), c.spark.driver_memory, c.cluster.executor_memory,
+      with_archive(os.environ.get("SPARK_SUBMIT_OPTS")), sep="\n")
 PY
 ) || exit 2
-{ read -r run_dir; read -r driver_memory; read -r executor_memory; } <<< "$cfg_out"
+{ read -r run_dir; read -r driver_memory; read -r executor_memory; read -r submit_opts || true; } <<< "$cfg_out"  # an empty last line is cut by $(...)
+# The driver JVM maps the environment's class archive when setup built one (recsys_spark/jvm_archive.py).
+[[ -n $submit_opts ]] && export SPARK_SUBMIT_OPTS="$submit_opts"
 
 props="${RECSYS_SPARK_PROPERTIES:-}"
 master="${SPARK_MASTER:-}"

@@ -45,7 +45,7 @@ def build_spark(cfg: Config, app_name: str | None = None) -> SparkSession:
         # Spark's own advice for HotSpot: a whole-stage method over the JVM's 8,000-byte
         # HugeMethodLimit is never JIT-compiled and runs interpreted. Clean's parse-and-check
         # stage is one (from_json plus every check); capped, Spark splits it instead: that stage
-        # 9.0 -> 4.9 s per million lines, a warm clean_events 36.5 -> 33.9 s (docs/benchmarks.md).
+        # 9.4 -> 4.9 s per million lines, clean_events at 10M 228 -> 191 s (docs/cleaning.md, "Cost").
         .config("spark.sql.codegen.hugeMethodLimit", "8000")
     )
     builder = _with_metastore(builder, cfg)

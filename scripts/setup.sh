@@ -16,9 +16,10 @@ if ! command -v java >/dev/null 2>&1; then
   echo "       or set JAVA_HOME and put \$JAVA_HOME/bin on PATH." >&2
   exit 1
 fi
-java_major=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+java_version=$(java -version 2>&1)
+java_major=$(sed -n 's/.*version "\([0-9]*\).*/\1/p' <<< "$java_version" | head -1)
 if [[ -z "$java_major" || "$java_major" -lt 17 ]]; then
-  echo "setup: Java 17 or newer is required, found '$(java -version 2>&1 | head -1)'." >&2
+  echo "setup: Java 17 or newer is required, found '$(head -1 <<< "$java_version")'." >&2
   echo "       Install openjdk-17-jdk-headless (apt) or another JDK 17 and put it first on PATH." >&2
   exit 1
 fi
@@ -55,7 +56,7 @@ fi
 # Spark's JVM classes, archived once for this environment and JDK: every JVM of a run
 # starts about 2 s sooner (recsys_spark/jvm_archive.py). Built again when either changes;
 # tried once per change: without the archive the JVMs start as they always did.
-archive_key="$want $(java -version 2>&1 | tr '\n' ' ')"
+archive_key="$want $(tr '\n' ' ' <<< "$java_version")"
 if [[ "$(cat .venv/spark-cds.key 2>/dev/null)" != "$archive_key" ]]; then
   echo "setup: archiving Spark's JVM classes into .venv/spark-cds.jsa (once, about 20 s)"
   rm -f .venv/spark-cds.jsa

@@ -119,7 +119,5 @@ if __name__ == "__main__":
         workload()
     elif sys.argv[1:2] == ["build"]:
         sys.exit(0 if build(Path(sys.argv[2]) if len(sys.argv) > 2 else None) else 1)
-    elif sys.argv[1:] == ["options"]:
-        print(java_options())
     else:
-        sys.exit("usage: python -m recsys_spark.jvm_archive build [PATH] | options")
+        sys.exit("usage: python -m recsys_spark.jvm_archive build [PATH]")

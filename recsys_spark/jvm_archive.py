@@ -8,8 +8,8 @@ archive that later JVMs map instead of loading them again
 (``-XX:ArchiveClassesAtExit`` to write it, ``-XX:SharedArchiveFile`` to use it).
 
 Measured here (2 cores, JDK 17): a Python process that starts a JVM, runs one
-job and writes one Parquet file took 7.7 s without the archive and 5.6 s with
-it; a cold ``clean_events`` on the demo log 27.6 against 25.7 s
+job and writes one Parquet file took 7.7 s without the archive and 5.4 s with
+it; a cold ``run_clean`` of the demo log 27.5-27.7 against 24.0-25.4 s
 (docs/benchmarks.md, "JVM start-up").
 
 ``scripts/setup.sh`` builds the archive into the virtual environment
